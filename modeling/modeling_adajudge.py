@@ -1,0 +1,391 @@
+"""AdaJudge reward model: backbone -> K depth-routed refinement blocks -> routed mixture of pooling experts.
+
+Paper: https://huggingface.co/papers/2601.08097. Method with every open choice resolved: `shared/spec/METHOD.md`.
+This file imports only torch and transformers (plus its sibling config) so it can travel as remote code.
+
+Shapes: B batch, L sequence length, D backbone hidden size, E pooling experts, K refinement blocks.
+"""
+
+import glob
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput, logging
+
+from .configuration_adajudge import AdaJudgeConfig
+
+
+logger = logging.get_logger(__name__)
+
+
+class AdaJudgeZeroInitLinear(nn.Linear):
+    """A linear layer initialised to zero: residual branches start as the identity, routers start uniform."""
+
+
+class AdaJudgeRefinementBlock(GradientCheckpointingLayer):
+    """Pre-RMSNorm transformer block at the backbone width (Stage I).
+
+    No positional encoding: the backbone states already carry position. The output projections start at zero, so the
+    block is the identity until it learns otherwise.
+    """
+
+    def __init__(self, config: AdaJudgeConfig):
+        super().__init__()
+        hidden_size = config.hidden_size
+        self.num_heads = config.refinement_num_heads
+        self.is_causal = config.refinement_attention == "causal"
+        self.attn_norm = nn.RMSNorm(hidden_size, eps=config.rms_norm_eps)
+        self.attn_qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
+        self.attn_out = AdaJudgeZeroInitLinear(hidden_size, hidden_size, bias=False)
+        self.ffn_norm = nn.RMSNorm(hidden_size, eps=config.rms_norm_eps)
+        self.ffn_in = nn.Linear(hidden_size, 2 * config.refinement_intermediate_size, bias=False)  # SwiGLU gate + up
+        self.ffn_out = AdaJudgeZeroInitLinear(config.refinement_intermediate_size, hidden_size, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`attention_mask` is a (B, 1, L, L) boolean "may attend" mask, or None when no row is padded."""
+        batch_size, seq_len, hidden_size = hidden_states.shape
+        q, k, v = self.attn_qkv(self.attn_norm(hidden_states)).split(hidden_size, dim=-1)  # 3 x (B, L, D)
+        q, k, v = (t.view(batch_size, seq_len, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))  # (B, nh, L, hd)
+        if attention_mask is None:
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=self.is_causal)
+        else:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)  # (B, nh, L, hd)
+        attended = attended.transpose(1, 2).reshape(batch_size, seq_len, hidden_size)  # (B, L, D)
+        hidden_states = hidden_states + self.attn_out(attended)
+        gate, up = self.ffn_in(self.ffn_norm(hidden_states)).chunk(2, dim=-1)  # 2 x (B, L, I)
+        return hidden_states + self.ffn_out(F.silu(gate) * up)
+
+
+def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of (B, L, D) states over the True positions of a (B, L) mask; zeros for an empty mask."""
+    weights = mask.to(hidden_states.dtype).unsqueeze(-1)  # (B, L, 1)
+    return (hidden_states * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, D)
+
+
+class AdaJudgeHead(nn.Module):
+    """Everything that is not the backbone, in one module so PEFT can train and save it as a unit.
+
+    Stage I: refinement blocks mixed by a depth router. Stage II: pooling experts with their own score heads, mixed
+    by a router that reads the pooled views and the prompt context z_P.
+    """
+
+    def __init__(self, config: AdaJudgeConfig):
+        super().__init__()
+        hidden_size, head_hidden = config.hidden_size, config.head_hidden_size
+        self.experts = config.experts
+        self.is_causal = config.refinement_attention == "causal"
+        self.depth_router_include_input = config.depth_router_include_input
+        self.attention_pooling_scope = config.attention_pooling_scope
+        self.router_temperature = config.router_temperature
+
+        self.refinement_blocks = nn.ModuleList(
+            [AdaJudgeRefinementBlock(config) for _ in range(config.num_refinement_blocks)]
+        )
+        num_depth_candidates = config.num_refinement_blocks + int(config.depth_router_include_input)
+        self.depth_router = AdaJudgeZeroInitLinear(hidden_size, num_depth_candidates) if config.num_refinement_blocks else None
+        self.attention_pool = nn.Linear(hidden_size, 1) if "attention" in self.experts else None
+
+        def score_head() -> nn.Module:
+            if config.score_head == "linear":
+                return nn.Linear(hidden_size, 1)
+            return nn.Sequential(nn.Linear(hidden_size, head_hidden), nn.GELU(), nn.Linear(head_hidden, 1))
+
+        self.expert_heads = nn.ModuleDict({name: score_head() for name in self.experts})
+        if len(self.experts) > 1:
+            self.pooling_router = nn.Sequential(
+                nn.Linear(4 * hidden_size, head_hidden),
+                nn.GELU(),
+                AdaJudgeZeroInitLinear(head_hidden, len(self.experts)),
+            )
+        else:
+            self.pooling_router = None
+
+    def _refinement_mask(self, valid_mask: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, L, L) "may attend" mask for the refinement blocks, or None to use SDPA's unpadded fast path."""
+        if bool(valid_mask.all()):
+            return None
+        seq_len = valid_mask.shape[1]
+        allowed = valid_mask[:, None, None, :]  # (B, 1, 1, L) keys
+        eye = torch.eye(seq_len, dtype=torch.bool, device=valid_mask.device)  # padded queries attend to themselves
+        if self.is_causal:
+            allowed = allowed & torch.ones_like(eye).tril()
+        return allowed | eye  # (B, 1, L, L)
+
+    def forward(
+        self, hidden_states: torch.Tensor, valid_mask: torch.Tensor, response_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Map backbone states H0 (B, L, D) to (reward (B, 1), expert scores (B, E), pi (B, E), alpha (B, K) or None)."""
+        prompt_mask = valid_mask & ~response_mask  # (B, L)
+
+        # Stage I: H~ = sum_k alpha_k H(k), one alpha per sequence from the mean-pooled backbone states.
+        depth_weights = None
+        refined = hidden_states
+        if self.refinement_blocks:
+            depth_weights = self.depth_router(masked_mean(hidden_states, valid_mask)).float().softmax(-1)  # (B, K)
+            weights = depth_weights.to(hidden_states.dtype)[:, :, None, None]  # (B, K, 1, 1)
+            mask = self._refinement_mask(valid_mask)
+            candidate = hidden_states
+            refined = hidden_states * weights[:, 0] if self.depth_router_include_input else 0.0
+            offset = int(self.depth_router_include_input)
+            for k, block in enumerate(self.refinement_blocks):
+                candidate = block(candidate, mask)  # (B, L, D)
+                refined = refined + weights[:, k + offset] * candidate  # (B, L, D)
+
+        # Stage II: pooled views of H~.
+        batch_index = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+        last_index = response_mask.shape[1] - 1 - response_mask.int().flip(-1).argmax(-1)  # (B,)
+        views = {}
+        if "last" in self.experts or self.pooling_router is not None:
+            views["last"] = refined[batch_index, last_index]  # (B, D)
+        if "mean" in self.experts or self.pooling_router is not None:
+            views["mean"] = masked_mean(refined, response_mask)  # (B, D)
+        if self.attention_pool is not None:
+            scope = valid_mask if self.attention_pooling_scope == "all" else response_mask
+            logits = self.attention_pool(refined).squeeze(-1).float()  # (B, L)
+            beta = logits.masked_fill(~scope, float("-inf")).softmax(-1).to(refined.dtype)  # (B, L)
+            views["attention"] = torch.einsum("bl,bld->bd", beta, refined)  # (B, D)
+
+        expert_scores = torch.cat([self.expert_heads[name](views[name]) for name in self.experts], dim=-1)  # (B, E)
+        if self.pooling_router is None:
+            routing_weights = torch.ones_like(expert_scores, dtype=torch.float32)  # (B, 1)
+        else:
+            prompt_context = masked_mean(hidden_states, prompt_mask)  # (B, D), zeros without a prompt
+            router_input = torch.cat([views["last"], views["mean"], views["attention"], prompt_context], dim=-1)
+            routing_logits = self.pooling_router(router_input).float() / self.router_temperature  # (B, E)
+            routing_weights = routing_logits.softmax(-1)  # (B, E)
+        reward = (routing_weights * expert_scores.float()).sum(-1, keepdim=True)  # (B, 1)
+        return reward, expert_scores, routing_weights, depth_weights
+
+
+@dataclass
+class AdaJudgeRewardOutput(ModelOutput):
+    r"""
+    Output of [`AdaJudgeForRewardModeling`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Mean squared error against `labels`, when labels are given (regression, as for `num_labels=1` classifiers).
+        logits (`torch.FloatTensor` of shape `(batch_size, 1)`):
+            The reward r = sum_v pi_v s_v, in float32.
+        expert_scores (`torch.FloatTensor` of shape `(batch_size, num_experts)`):
+            Score s_v of each pooling expert, in the order of `config.experts`.
+        routing_weights (`torch.FloatTensor` of shape `(batch_size, num_experts)`):
+            Pooling-router weights pi (all ones for a static pooling).
+        depth_weights (`torch.FloatTensor` of shape `(batch_size, num_depth_candidates)`, *optional*):
+            Depth-router weights alpha over H(1)..H(K) (H0 first when `depth_router_include_input`); None when K = 0.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Backbone hidden states, when `output_hidden_states=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    expert_scores: torch.FloatTensor | None = None
+    routing_weights: torch.FloatTensor | None = None
+    depth_weights: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class AdaJudgePreTrainedModel(PreTrainedModel):
+    config: AdaJudgeConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["AdaJudgeRefinementBlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # The heads are small and start from scratch: keep them in fp32 when the backbone loads in bf16/fp16.
+    _keep_in_fp32_modules_strict = ["judge_head"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, AdaJudgeZeroInitLinear):
+            init.zeros_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+
+class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
+    r"""
+    AdaJudge reward model: returns one scalar reward per sequence as `logits` of shape `(batch_size, 1)`.
+
+    The response is located, in order of preference, from `response_mask`, from `prompt_lengths`, from the last
+    occurrence of `config.response_template` in each row, or else the whole sequence is treated as response (with a
+    one-time warning). Token positions always come from `attention_mask`, never from the pad token id.
+
+    Example:
+
+    ```python
+    >>> import adajudge_hf  # registers the Auto classes
+    >>> from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    >>> model = AutoModelForSequenceClassification.from_pretrained("org/adajudge-qwen3-8b")
+    >>> tokenizer = AutoTokenizer.from_pretrained("org/adajudge-qwen3-8b")
+    >>> chat = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    >>> inputs = tokenizer.apply_chat_template(chat, return_tensors="pt", return_dict=True)
+    >>> reward = model(**inputs).logits[0, 0]
+    ```
+    """
+
+    def __init__(self, config: AdaJudgeConfig):
+        super().__init__(config)
+        self.model = AutoModel.from_config(config.text_config)
+        self.judge_head = AdaJudgeHead(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, restricted to safetensors and checked for non-finite weights."""
+        if os.path.isdir(str(pretrained_model_name_or_path)):
+            folder = str(pretrained_model_name_or_path)
+            subfolder = kwargs.get("subfolder") or ""
+            pickles = glob.glob(os.path.join(folder, subfolder, "*.bin")) + glob.glob(
+                os.path.join(folder, subfolder, "*.pt")
+            )
+            if pickles and not glob.glob(os.path.join(folder, subfolder, "*.safetensors")):
+                raise ValueError(
+                    f"{folder} holds only pickle checkpoints ({', '.join(sorted(map(os.path.basename, pickles)))}). "
+                    "AdaJudge loads safetensors only, because unpickling can run arbitrary code. Convert a checkpoint "
+                    "you trust with `model.save_pretrained(path)` (safetensors is the default) and load that."
+                )
+        kwargs.setdefault("use_safetensors", True)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        non_finite = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+        if non_finite:
+            raise ValueError(
+                f"The checkpoint at {pretrained_model_name_or_path} has NaN or Inf values in "
+                f"{len(non_finite)} tensor(s): {', '.join(non_finite[:5])}{' ...' if len(non_finite) > 5 else ''}. "
+                "It was probably saved after a diverged training step; load an earlier checkpoint."
+            )
+        return loaded
+
+    def _locate_response(
+        self,
+        input_ids: torch.Tensor | None,
+        valid_mask: torch.Tensor,
+        response_mask: torch.Tensor | None,
+        prompt_lengths: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """(B, L) boolean mask of response tokens, by the precedence documented on the class."""
+        if response_mask is not None:
+            response = response_mask.bool() & valid_mask
+        elif prompt_lengths is not None:
+            valid_index = valid_mask.long().cumsum(-1)  # (B, L): 1-based index among valid tokens
+            prompt_lengths = torch.as_tensor(prompt_lengths, device=valid_mask.device).view(-1, 1)
+            response = valid_mask & (valid_index > prompt_lengths)
+        elif self.config.response_template is not None and input_ids is not None:
+            response = self._response_after_template(input_ids, valid_mask)
+        else:
+            logger.warning_once(
+                "AdaJudge got no `response_mask`, `prompt_lengths` or `config.response_template`: every token is "
+                "treated as response and the prompt context z_P is zero. Pass the boundary for prompt-aware routing."
+            )
+            response = valid_mask
+        empty = (~response.any(-1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"Row(s) {empty} have an empty response: no valid token is marked as response. Every example needs a "
+                "non-empty response; check the data and that truncation kept the end of the response."
+            )
+        return response
+
+    def _response_after_template(self, input_ids: torch.Tensor, valid_mask: torch.Tensor) -> torch.Tensor:
+        """Response = the valid tokens after the last occurrence of `config.response_template` in each row."""
+        template = torch.tensor(self.config.response_template, device=input_ids.device)
+        width, seq_len = template.numel(), input_ids.shape[1]
+        if seq_len < width:
+            found = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            starts = torch.zeros_like(found, dtype=torch.long)
+        else:
+            windows = input_ids.unfold(1, width, 1)  # (B, L - w + 1, w)
+            hits = (windows == template).all(-1) & valid_mask.unfold(1, width, 1).all(-1)  # (B, L - w + 1)
+            found = hits.any(-1)
+            starts = hits.shape[1] - 1 - hits.int().flip(-1).argmax(-1)  # (B,) last hit
+        positions = torch.arange(seq_len, device=input_ids.device)
+        response = valid_mask & (positions[None] >= (starts + width)[:, None])
+        if not bool(found.all()):
+            logger.warning_once(
+                f"`config.response_template` {self.config.response_template} was not found in "
+                f"{int((~found).sum())} row(s): those rows are scored as all-response with no prompt context. "
+                "Render prompts with the same chat template as the judge, or pass `response_mask`."
+            )
+            response = torch.where(found[:, None], response, valid_mask)
+        return response
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        response_mask: torch.Tensor | None = None,
+        prompt_lengths: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> AdaJudgeRewardOutput | tuple:
+        r"""
+        response_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+            1 on response tokens, 0 on prompt and padding.
+        prompt_lengths (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Number of prompt tokens among the valid tokens of each row (works for left and right padding).
+        labels (`torch.FloatTensor` of shape `(batch_size,)`, *optional*):
+            Regression targets; gives an MSE `loss`. Preference training uses `AdaJudgeRewardTrainer` instead.
+
+        Other keyword arguments that trainers pass (`margin`, `output_attentions`, ...) are accepted and ignored; they
+        are never forwarded to the backbone. `use_cache` is ignored: a reward model needs no KV cache.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
+        batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
+        if attention_mask is None:
+            attention_mask = torch.ones(batch_size, seq_len, dtype=torch.long, device=device)
+        valid_mask = attention_mask.bool()
+        padding_rows = (~valid_mask.any(-1)).nonzero().flatten().tolist()
+        if padding_rows:
+            raise ValueError(f"Row(s) {padding_rows} of `attention_mask` are all padding: there is nothing to score.")
+        if position_ids is None:  # count positions from the first valid token, so left padding changes nothing
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        response = self._locate_response(input_ids, valid_mask, response_mask, prompt_lengths)
+        head_dtype = next(self.judge_head.parameters()).dtype
+        hidden_states = outputs.last_hidden_state.to(head_dtype)  # (B, L, D)
+        reward, expert_scores, routing_weights, depth_weights = self.judge_head(hidden_states, valid_mask, response)
+
+        loss = F.mse_loss(reward.squeeze(-1), labels.float().view(-1)) if labels is not None else None
+        output = AdaJudgeRewardOutput(
+            loss=loss,
+            logits=reward,
+            expert_scores=expert_scores.float(),
+            routing_weights=routing_weights,
+            depth_weights=depth_weights,
+            hidden_states=outputs.hidden_states,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+__all__ = ["AdaJudgeForRewardModeling", "AdaJudgePreTrainedModel", "AdaJudgeRewardOutput"]
