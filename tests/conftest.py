@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny offline backbones and tokenizers, and the optional `../shared/benchmarks` data."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from adajudge_hf import AdaJudgeForRewardModeling
+from adajudge_hf.testing import make_tiny_judge_config, make_tiny_tokenizer
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SHARED_BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def shared_benchmarks() -> Path:
+    """`../shared/benchmarks` next to the checkout (CI has it, users do not)."""
+    if not SHARED_BENCHMARKS.is_dir():
+        pytest.skip(f"benchmark data not found at {SHARED_BENCHMARKS} (only present in the project's CI/dev machines)")
+    return SHARED_BENCHMARKS
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """ChatML byte-level BPE tokenizer; pad `<|endoftext|>` (0) differs from eos `<|im_end|>` (2)."""
+    return make_tiny_tokenizer("chatml")
+
+
+@pytest.fixture
+def make_judge(tiny_tokenizer):
+    """Factory of tiny random judges in eval mode: `make_judge(num_refinement_blocks=3, pooling="mean", seed=0)`."""
+
+    def factory(seed: int = 0, **judge_kwargs) -> AdaJudgeForRewardModeling:
+        torch.manual_seed(seed)
+        return AdaJudgeForRewardModeling(make_tiny_judge_config(tiny_tokenizer, **judge_kwargs)).eval()
+
+    return factory
+
+
+def randomize_head(model: AdaJudgeForRewardModeling, seed: int = 0, std: float = 0.2) -> AdaJudgeForRewardModeling:
+    """Give every head parameter random non-zero values, so zero-initialised paths are exercised too."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.judge_head.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+    return model
