@@ -51,7 +51,9 @@ class AdaJudgeRefinementBlock(GradientCheckpointingLayer):
         """`attention_mask` is a (B, 1, L, L) boolean "may attend" mask, or None when no row is padded."""
         batch_size, seq_len, hidden_size = hidden_states.shape
         q, k, v = self.attn_qkv(self.attn_norm(hidden_states)).split(hidden_size, dim=-1)  # 3 x (B, L, D)
-        q, k, v = (t.view(batch_size, seq_len, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))  # (B, nh, L, hd)
+        q, k, v = (
+            t.view(batch_size, seq_len, self.num_heads, -1).transpose(1, 2) for t in (q, k, v)
+        )  # (B, nh, L, hd)
         if attention_mask is None:
             attended = F.scaled_dot_product_attention(q, k, v, is_causal=self.is_causal)
         else:
@@ -88,7 +90,9 @@ class AdaJudgeHead(nn.Module):
             [AdaJudgeRefinementBlock(config) for _ in range(config.num_refinement_blocks)]
         )
         num_depth_candidates = config.num_refinement_blocks + int(config.depth_router_include_input)
-        self.depth_router = AdaJudgeZeroInitLinear(hidden_size, num_depth_candidates) if config.num_refinement_blocks else None
+        self.depth_router = (
+            AdaJudgeZeroInitLinear(hidden_size, num_depth_candidates) if config.num_refinement_blocks else None
+        )
         self.attention_pool = nn.Linear(hidden_size, 1) if "attention" in self.experts else None
 
         def score_head() -> nn.Module:

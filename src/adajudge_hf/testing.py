@@ -86,7 +86,9 @@ def make_tiny_backbone_config(
     if family == "llama":
         return LlamaConfig(**common)
     config = Qwen3Config(**common)
-    config.layer_types = config.layer_types[: config.num_hidden_layers]  # transformers builds it from the default depth
+    config.layer_types = config.layer_types[
+        : config.num_hidden_layers
+    ]  # transformers builds it from the default depth
     return config
 
 
