@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput, logging
@@ -22,6 +22,42 @@ from .configuration_adajudge import AdaJudgeConfig
 
 
 logger = logging.get_logger(__name__)
+
+
+def find_response_template(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids of the assistant-turn header of `tokenizer.chat_template`, as they appear inside a conversation.
+
+    The header is what `add_generation_prompt=True` appends to a rendered prompt (e.g. `<|im_start|>assistant\\n`),
+    so it is derived from the template itself rather than hard-coded per model family. Trailing header tokens that
+    the tokenizer merges with the start of a response are dropped, so the ids match inside real conversations.
+    """
+    if tokenizer.chat_template is None:
+        raise ValueError("The tokenizer has no chat template, so there is no assistant header to find.")
+    probe = [{"role": "user", "content": "Is this a question?"}]
+    response_text = "Yes, it is."
+
+    def ids(messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+        encoded = tokenizer.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
+        )
+        return list(encoded["input_ids"])
+
+    prompt_only = ids(probe)
+    with_header = ids(probe, add_generation_prompt=True)
+    conversation = ids(probe + [{"role": "assistant", "content": response_text}])
+    # Some templates end a prompt-only rendering with extra tokens (Phi-3 appends EOS), so compare common prefixes.
+    start = next((i for i, (a, b) in enumerate(zip(prompt_only, with_header)) if a != b), len(prompt_only))
+    header = with_header[start:]
+    while header and conversation[start : start + len(header)] != header:
+        header = header[:-1]
+    if not header or not tokenizer.decode(header).strip():
+        raise ValueError(
+            "Could not find an assistant-turn header in the tokenizer's chat template (`add_generation_prompt=True` "
+            "adds nothing that also opens the assistant turn inside a conversation). Without it the judge cannot find "
+            "the response in texts rendered by other tools (e.g. TRL's GRPO/RLOO). Pass `response_template=[...]` "
+            "(the token ids that open a response) explicitly, or use a chat template with a generation prompt."
+        )
+    return header
 
 
 class AdaJudgeZeroInitLinear(nn.Linear):
@@ -275,6 +311,51 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
             )
         return loaded
 
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone_name_or_path: str | os.PathLike,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        **kwargs,
+    ) -> "AdaJudgeForRewardModeling":
+        """Build a judge around a pretrained backbone: backbone weights loaded, heads freshly initialised.
+
+        `kwargs` that are `AdaJudgeConfig` fields configure the judge; the rest go to `from_pretrained` (e.g. `dtype`,
+        `attn_implementation`, `revision`). The backbone's tokenizer (loaded from the same path when not given) sets
+        `pad_token_id` and, when it has a chat template, the `response_template` used when no response mask is passed.
+
+        Example: `AdaJudgeForRewardModeling.from_backbone("Qwen/Qwen3-8B", num_refinement_blocks=3, dtype="bfloat16")`
+        """
+        config_fields = AdaJudgeConfig.__dataclass_fields__.keys() - {"text_config"}
+        config_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in config_fields}
+        hub_kwargs = {
+            key: kwargs[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs
+        }
+        if tokenizer is None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(backbone_name_or_path, **hub_kwargs)
+            except (OSError, ValueError):
+                logger.warning(
+                    f"No tokenizer found at {backbone_name_or_path}; pass `tokenizer=` to set the pad token."
+                )
+        if tokenizer is not None:
+            config_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+            if tokenizer.chat_template is not None and "response_template" not in config_kwargs:
+                config_kwargs["response_template"] = find_response_template(tokenizer)
+        text_config = AutoConfig.from_pretrained(backbone_name_or_path, **hub_kwargs)
+        config = AdaJudgeConfig(text_config=text_config, **config_kwargs)
+        # Scoped, like TRL's seq-cls loading: the fresh heads are expected to be missing and a causal-LM head to be
+        # unused. Never set on the class for good, which would hide a broken full checkpoint.
+        saved = cls._keys_to_ignore_on_load_missing, cls._keys_to_ignore_on_load_unexpected
+        cls._keys_to_ignore_on_load_missing = [r"^judge_head\."]
+        cls._keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^score\."]
+        try:
+            model = cls.from_pretrained(backbone_name_or_path, config=config, **kwargs)
+        finally:
+            cls._keys_to_ignore_on_load_missing, cls._keys_to_ignore_on_load_unexpected = saved
+        model.config.text_config.pad_token_id = config.pad_token_id
+        return model
+
     def _locate_response(
         self,
         input_ids: torch.Tensor | None,
@@ -392,4 +473,4 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
 
-__all__ = ["AdaJudgeForRewardModeling", "AdaJudgePreTrainedModel", "AdaJudgeRewardOutput"]
+__all__ = ["AdaJudgeForRewardModeling", "AdaJudgePreTrainedModel", "AdaJudgeRewardOutput", "find_response_template"]
