@@ -1,0 +1,56 @@
+"""A judge as `reward_funcs` of TRL's GRPOTrainer: no response mask reaches it, the rewards must still match."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from adajudge_hf import AdaJudgeForRewardModeling
+from adajudge_hf.testing import save_tiny_causal_lm
+
+from adajudge_hf.tokenization import encode_prompt_response
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "grpo_with_adajudge_reward.py"
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("grpo_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grpo_rewards_equal_the_judge_with_explicit_masks(tmp_path):
+    trainer = load_example().main(["--max-steps", "1", "--output-dir", str(tmp_path)])
+    judge = trainer.reward_funcs[0]
+    tokenizer = trainer.reward_processing_classes[0]
+    prompts, completions = list(trainer._logs["prompt"]), list(trainer._logs["completion"])
+    logged = torch.tensor(list(next(iter(trainer._logs["rewards"].values()))))
+    assert len(prompts) == len(completions) == len(logged) > 0
+
+    checked = 0
+    for prompt, completion, reward in zip(prompts, completions, logged):
+        if not completion[0]["content"].strip():
+            continue  # an empty completion is not a scoreable response for the explicit-mask path
+        encoded = encode_prompt_response(tokenizer, prompt, completion)
+        with torch.no_grad():
+            expected = judge(
+                input_ids=torch.tensor([encoded.input_ids]), prompt_lengths=torch.tensor([encoded.prompt_length])
+            ).logits[0, 0]
+        torch.testing.assert_close(reward, expected, atol=1e-5, rtol=0)
+        checked += 1
+    assert checked > 0
+
+
+def test_judge_construction_fails_when_the_template_has_no_assistant_header(tmp_path):
+    backbone = save_tiny_causal_lm(tmp_path / "backbone")
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    tokenizer.chat_template = "{% for message in messages %}{{ message['content'] }}\n{% endfor %}"
+    with pytest.raises(ValueError, match="assistant-turn header"):
+        AdaJudgeForRewardModeling.from_backbone(backbone, tokenizer=tokenizer)
+    # An explicit template is the documented way out.
+    judge = AdaJudgeForRewardModeling.from_backbone(backbone, tokenizer=tokenizer, response_template=[1, 2])
+    assert judge.config.response_template == [1, 2]
