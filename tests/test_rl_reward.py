@@ -9,7 +9,6 @@ from transformers import AutoTokenizer
 
 from adajudge_hf import AdaJudgeForRewardModeling
 from adajudge_hf.testing import save_tiny_causal_lm
-
 from adajudge_hf.tokenization import encode_prompt_response
 
 
