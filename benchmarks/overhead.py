@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> dict:
         names = list(models) if seq_len == args.train_length else ["stock", args.length_sweep_variant]
         subset = {name: models[name].eval() for name in names}
         inputs = {name: batch(vocab, args.forward_rows, seq_len, name != "stock") for name in names}
-        medians = interleaved(subset, lambda name: time_forward(subset[name], inputs[name]), args.reps)
+        medians = interleaved(
+            subset, lambda name, subset=subset, inputs=inputs: time_forward(subset[name], inputs[name]), args.reps
+        )
         for name in names:
             if name == "stock":
                 continue
