@@ -100,10 +100,29 @@ class AdaJudgeRefinementBlock(GradientCheckpointingLayer):
         return hidden_states + self.ffn_out(F.silu(gate) * up)
 
 
-def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of (B, L, D) states over the True positions of a (B, L) mask; zeros for an empty mask."""
-    weights = mask.to(hidden_states.dtype).unsqueeze(-1)  # (B, L, 1)
-    return (hidden_states * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, D)
+def masked_mean(hidden_states: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean of (B, L, D) states over each of N (B, N, L) masks -> (B, N, D); zeros for an empty mask."""
+    weights = masks.to(hidden_states.dtype)  # (B, N, L)
+    sums = torch.einsum("bnl,bld->bnd", weights, hidden_states)  # (B, N, D)
+    return sums / weights.sum(-1, keepdim=True).clamp_min(1.0)
+
+
+def attention_allowed(valid_mask: torch.Tensor, causal: bool, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1, L, L) boolean "query may attend to key" mask.
+
+    Keys must be valid and, when `causal`, not in the future. With `segment_ids` (0 = shared prompt, s >= 1 = response
+    s), a response token sees the prompt and its own response only. Every query sees itself, so a padded query never
+    has an empty softmax.
+    """
+    seq_len = valid_mask.shape[1]
+    eye = torch.eye(seq_len, dtype=torch.bool, device=valid_mask.device)
+    allowed = valid_mask[:, None, None, :]  # (B, 1, 1, L) keys
+    if causal:
+        allowed = allowed & torch.ones_like(eye).tril()  # keys at or before the query
+    if segment_ids is not None:
+        query, key = segment_ids[:, None, :, None], segment_ids[:, None, None, :]  # (B, 1, L, 1), (B, 1, 1, L)
+        allowed = allowed & ((key == 0) | (key == query))
+    return allowed | eye  # (B, 1, L, L)
 
 
 class AdaJudgeHead(nn.Module):
@@ -146,60 +165,73 @@ class AdaJudgeHead(nn.Module):
         else:
             self.pooling_router = None
 
-    def _refinement_mask(self, valid_mask: torch.Tensor) -> torch.Tensor | None:
-        """(B, 1, L, L) "may attend" mask for the refinement blocks, or None to use SDPA's unpadded fast path."""
-        if bool(valid_mask.all()):
-            return None
-        seq_len = valid_mask.shape[1]
-        allowed = valid_mask[:, None, None, :]  # (B, 1, 1, L) keys
-        eye = torch.eye(seq_len, dtype=torch.bool, device=valid_mask.device)  # padded queries attend to themselves
-        if self.is_causal:
-            allowed = allowed & torch.ones_like(eye).tril()
-        return allowed | eye  # (B, 1, L, L)
-
     def forward(
-        self, hidden_states: torch.Tensor, valid_mask: torch.Tensor, response_mask: torch.Tensor
+        self,
+        hidden_states: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_masks: torch.Tensor,
+        context_masks: torch.Tensor,
+        attention_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Map backbone states H0 (B, L, D) to (reward (B, 1), expert scores (B, E), pi (B, E), alpha (B, K) or None)."""
-        prompt_mask = valid_mask & ~response_mask  # (B, L)
+        """Score N responses per row from the backbone states H0 (B, L, D).
 
-        # Stage I: H~ = sum_k alpha_k H(k), one alpha per sequence from the mean-pooled backbone states.
-        depth_weights = None
+        `prompt_mask` (B, L) marks the prompt; `response_masks` (B, N, L) the tokens of each response and
+        `context_masks` (B, N, L) the tokens each response is read with (prompt + itself). A plain row has N = 1; a
+        packed row [prompt; r1; ...; rN] shares its prompt. `attention_mask` is the refinement blocks' (B, 1, L, L)
+        mask, or None for unpadded plain rows. Returns reward (B, N), expert scores (B, N, E), pi (B, N, E) and alpha
+        (B, N, C) or None.
+
+        H~ = sum_c alpha_c H(c) is never materialised: every pooled view is linear in H~ (the attention logits too),
+        so each view is computed per depth candidate and mixed with that response's alpha.
+        """
+        dtype = hidden_states.dtype
+        # Stage I: depth candidates H(1)..H(K) (H0 first when included, or alone when K = 0).
+        candidates = [hidden_states] if self.depth_router_include_input or not self.refinement_blocks else []
         refined = hidden_states
-        if self.refinement_blocks:
-            depth_weights = self.depth_router(masked_mean(hidden_states, valid_mask)).float().softmax(-1)  # (B, K)
-            weights = depth_weights.to(hidden_states.dtype)[:, :, None, None]  # (B, K, 1, 1)
-            mask = self._refinement_mask(valid_mask)
-            candidate = hidden_states
-            refined = hidden_states * weights[:, 0] if self.depth_router_include_input else 0.0
-            offset = int(self.depth_router_include_input)
-            for k, block in enumerate(self.refinement_blocks):
-                candidate = block(candidate, mask)  # (B, L, D)
-                refined = refined + weights[:, k + offset] * candidate  # (B, L, D)
+        for block in self.refinement_blocks:
+            refined = block(refined, attention_mask)  # (B, L, D)
+            candidates.append(refined)
+        stacked = torch.stack(candidates, dim=1)  # (B, C, L, D)
+        batch_size, num_candidates, seq_len, hidden_size = stacked.shape
+        num_responses = response_masks.shape[1]
+        if self.depth_router is None:
+            depth_weights = None
+            weights = torch.ones(batch_size, num_responses, 1, dtype=dtype, device=stacked.device)  # (B, N, 1)
+        else:
+            depth_logits = self.depth_router(masked_mean(hidden_states, context_masks)).float()  # (B, N, C)
+            depth_weights = depth_logits.softmax(-1)
+            weights = depth_weights.to(dtype)
 
-        # Stage II: pooled views of H~.
-        batch_index = torch.arange(hidden_states.shape[0], device=hidden_states.device)
-        last_index = response_mask.shape[1] - 1 - response_mask.int().flip(-1).argmax(-1)  # (B,)
+        def mix(per_candidate: torch.Tensor) -> torch.Tensor:
+            return torch.einsum("bnc,bncd->bnd", weights, per_candidate)  # (B, N, C, D) -> (B, N, D)
+
+        # Stage II: pooled views of H~ for each response.
         views = {}
         if "last" in self.experts or self.pooling_router is not None:
-            views["last"] = refined[batch_index, last_index]  # (B, D)
+            last_index = seq_len - 1 - response_masks.int().flip(-1).argmax(-1)  # (B, N)
+            index = last_index[:, None, :, None].expand(batch_size, num_candidates, num_responses, hidden_size)
+            views["last"] = mix(stacked.gather(2, index).transpose(1, 2))  # (B, N, D)
         if "mean" in self.experts or self.pooling_router is not None:
-            views["mean"] = masked_mean(refined, response_mask)  # (B, D)
+            response_weights = response_masks.to(dtype)  # (B, N, L)
+            sums = torch.einsum("bnl,bcld->bncd", response_weights, stacked)  # (B, N, C, D)
+            views["mean"] = mix(sums / response_weights.sum(-1)[:, :, None, None].clamp_min(1.0))
         if self.attention_pool is not None:
-            scope = valid_mask if self.attention_pooling_scope == "all" else response_mask
-            logits = self.attention_pool(refined).squeeze(-1).float()  # (B, L)
-            beta = logits.masked_fill(~scope, float("-inf")).softmax(-1).to(refined.dtype)  # (B, L)
-            views["attention"] = torch.einsum("bl,bld->bd", beta, refined)  # (B, D)
+            scope = context_masks if self.attention_pooling_scope == "all" else response_masks  # (B, N, L)
+            candidate_logits = self.attention_pool(stacked).squeeze(-1).float()  # (B, C, L)
+            logits = torch.einsum("bnc,bcl->bnl", weights.float(), candidate_logits)  # (B, N, L)
+            beta = logits.masked_fill(~scope, float("-inf")).softmax(-1).to(dtype)  # (B, N, L)
+            views["attention"] = mix(torch.einsum("bnl,bcld->bncd", beta, stacked))
 
-        expert_scores = torch.cat([self.expert_heads[name](views[name]) for name in self.experts], dim=-1)  # (B, E)
+        expert_scores = torch.cat([self.expert_heads[name](views[name]) for name in self.experts], -1)  # (B, N, E)
         if self.pooling_router is None:
-            routing_weights = torch.ones_like(expert_scores, dtype=torch.float32)  # (B, 1)
+            routing_weights = torch.ones_like(expert_scores, dtype=torch.float32)  # (B, N, 1)
         else:
-            prompt_context = masked_mean(hidden_states, prompt_mask)  # (B, D), zeros without a prompt
-            router_input = torch.cat([views["last"], views["mean"], views["attention"], prompt_context], dim=-1)
-            routing_logits = self.pooling_router(router_input).float() / self.router_temperature  # (B, E)
-            routing_weights = routing_logits.softmax(-1)  # (B, E)
-        reward = (routing_weights * expert_scores.float()).sum(-1, keepdim=True)  # (B, 1)
+            prompt_context = masked_mean(hidden_states, prompt_mask[:, None])  # (B, 1, D), zeros without a prompt
+            prompt_context = prompt_context.expand(-1, num_responses, -1)
+            router_input = torch.cat([views["last"], views["mean"], views["attention"], prompt_context], -1)
+            routing_logits = self.pooling_router(router_input).float() / self.router_temperature  # (B, N, E)
+            routing_weights = routing_logits.softmax(-1)
+        reward = (routing_weights * expert_scores.float()).sum(-1)  # (B, N)
         return reward, expert_scores, routing_weights, depth_weights
 
 
@@ -415,6 +447,7 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         response_mask: torch.Tensor | None = None,
         prompt_lengths: torch.LongTensor | None = None,
+        segment_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.FloatTensor | None = None,
@@ -428,6 +461,13 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
             1 on response tokens, 0 on prompt and padding.
         prompt_lengths (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Number of prompt tokens among the valid tokens of each row (works for left and right padding).
+        segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Packed layout: each row is a shared prompt (segment 0) followed by N responses (segments 1..N, every row
+            has all N). Each response sees the prompt and itself only, with positions restarting after the prompt, so
+            the prompt is computed once and the rewards equal those of N separate [prompt; response] rows. The
+            outputs then have N * batch_size rows, response-major: all rows' response 1, then response 2, ... (for
+            preference pairs [prompt; chosen; rejected] that is TRL's chosen-then-rejected order). Needs causal
+            refinement blocks and an eager or SDPA backbone; see `supports_packed_inputs`.
         labels (`torch.FloatTensor` of shape `(batch_size,)`, *optional*):
             Regression targets; gives an MSE `loss`. Preference training uses `AdaJudgeRewardTrainer` instead.
 
@@ -444,33 +484,89 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
         padding_rows = (~valid_mask.any(-1)).nonzero().flatten().tolist()
         if padding_rows:
             raise ValueError(f"Row(s) {padding_rows} of `attention_mask` are all padding: there is nothing to score.")
-        if position_ids is None:  # count positions from the first valid token, so left padding changes nothing
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+        if segment_ids is None:
+            response = self._locate_response(input_ids, valid_mask, response_mask, prompt_lengths)  # (B, L)
+            prompt_mask = valid_mask & ~response
+            response_masks, context_masks = response[:, None], valid_mask[:, None]  # (B, 1, L)
+            causal = self.config.refinement_attention == "causal"
+            block_mask = None if bool(valid_mask.all()) else attention_allowed(valid_mask, causal)
+            backbone_mask = attention_mask
+            if position_ids is None:  # count positions from the first valid token, so left padding changes nothing
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        else:
+            prompt_mask, response_masks, block_mask, packed_positions = self._packed_layout(segment_ids, valid_mask)
+            context_masks = response_masks | prompt_mask[:, None]  # (B, N, L)
+            position_ids = packed_positions if position_ids is None else position_ids
+            # Additive float mask: eager attention adds it to the scores, SDPA accepts it as is.
+            backbone_dtype = self.model.get_input_embeddings().weight.dtype
+            backbone_mask = torch.zeros(block_mask.shape, dtype=backbone_dtype, device=device)
+            backbone_mask.masked_fill_(~block_mask, torch.finfo(backbone_dtype).min)
 
         outputs = self.model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=backbone_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=False,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        response = self._locate_response(input_ids, valid_mask, response_mask, prompt_lengths)
         head_dtype = next(self.judge_head.parameters()).dtype
         hidden_states = outputs.last_hidden_state.to(head_dtype)  # (B, L, D)
-        reward, expert_scores, routing_weights, depth_weights = self.judge_head(hidden_states, valid_mask, response)
+        reward, expert_scores, routing_weights, depth_weights = self.judge_head(
+            hidden_states, prompt_mask, response_masks, context_masks, block_mask
+        )
 
-        loss = F.mse_loss(reward.squeeze(-1), labels.float().view(-1)) if labels is not None else None
+        def responses_first(tensor: torch.Tensor) -> torch.Tensor:  # (B, N, ...) -> (N * B, ...)
+            return tensor.transpose(0, 1).reshape(-1, *tensor.shape[2:])
+
+        logits = responses_first(reward).unsqueeze(-1)  # (N * B, 1)
+        loss = F.mse_loss(logits.squeeze(-1), labels.float().view(-1)) if labels is not None else None
         output = AdaJudgeRewardOutput(
             loss=loss,
-            logits=reward,
-            expert_scores=expert_scores.float(),
-            routing_weights=routing_weights,
-            depth_weights=depth_weights,
+            logits=logits,
+            expert_scores=responses_first(expert_scores).float(),
+            routing_weights=responses_first(routing_weights),
+            depth_weights=None if depth_weights is None else responses_first(depth_weights),
             hidden_states=outputs.hidden_states,
         )
         return output if return_dict is not False else output.to_tuple()
+
+    @property
+    def supports_packed_inputs(self) -> bool:
+        """Whether `segment_ids` (shared-prompt packing) applies: causal refinement and a backbone that takes 4-D masks."""
+        attention = self.config.text_config._attn_implementation
+        return self.config.refinement_attention == "causal" and attention in ("eager", "sdpa")
+
+    def _packed_layout(
+        self, segment_ids: torch.Tensor, valid_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompt mask (B, L), response masks (B, N, L), attention mask (B, 1, L, L), positions (B, L) of packed rows."""
+        if not self.supports_packed_inputs:
+            raise ValueError(
+                "Packed inputs (`segment_ids`) need causal refinement blocks and an eager or SDPA backbone, got "
+                f"refinement_attention={self.config.refinement_attention!r} and attention implementation "
+                f"{self.config.text_config._attn_implementation!r}. Score these rows unpacked instead."
+            )
+        segment_ids = segment_ids.masked_fill(~valid_mask, -1)
+        num_responses = int(segment_ids.max())
+        segments = torch.arange(1, num_responses + 1, device=segment_ids.device)
+        response_masks = segment_ids[:, None, :] == segments[None, :, None]  # (B, N, L)
+        missing = (~response_masks.any(-1)).nonzero().tolist()
+        if num_responses < 1 or missing:
+            raise ValueError(
+                f"Every packed row needs responses 1..{num_responses} in `segment_ids`; (row, response) pairs "
+                f"{[(row, response + 1) for row, response in missing]} are empty."
+            )
+        prompt_mask = segment_ids == 0  # (B, L)
+        # Positions: the prompt counts from 0, each response continues from the end of the prompt.
+        one_hot = F.one_hot(segment_ids.clamp_min(0), num_responses + 1) * valid_mask[..., None]  # (B, L, N + 1)
+        own_count = one_hot.cumsum(1).gather(-1, segment_ids.clamp_min(0)[..., None]).squeeze(-1)  # (B, L)
+        prompt_length = one_hot[..., 0].sum(-1, keepdim=True)  # (B, 1)
+        positions = (own_count - 1 + (segment_ids > 0) * prompt_length).clamp_min(0)
+        block_mask = attention_allowed(valid_mask, causal=True, segment_ids=segment_ids)
+        return prompt_mask, response_masks, block_mask, positions
 
 
 __all__ = ["AdaJudgeForRewardModeling", "AdaJudgePreTrainedModel", "AdaJudgeRewardOutput", "find_response_template"]

@@ -1,0 +1,100 @@
+"""Shared-prompt packing: compute each prompt once for preference pairs and best-of-N ranking.
+
+A packed row is [prompt; response 1; ...; response N] with `segment_ids` 0 on the prompt and s on response s. The
+model gives each response a block mask (it sees the prompt and itself) and positions that restart after the prompt,
+so every reward equals the reward of the plain row [prompt; response s] while the prompt is encoded once.
+"""
+
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging
+
+from .tokenization import encode_prompt_response
+
+
+logger = logging.get_logger(__name__)
+
+
+def pack_responses(prompt_ids: list[int], responses_ids: list[list[int]]) -> tuple[list[int], list[int]]:
+    """One packed row: token ids and segment ids (0 = prompt, s = response s, counted from 1)."""
+    if not responses_ids or any(len(ids) == 0 for ids in responses_ids):
+        raise ValueError("Every packed response needs at least one token.")
+    input_ids, segment_ids = list(prompt_ids), [0] * len(prompt_ids)
+    for segment, ids in enumerate(responses_ids, start=1):
+        input_ids += ids
+        segment_ids += [segment] * len(ids)
+    return input_ids, segment_ids
+
+
+def pad_packed(
+    rows: list[tuple[list[int], list[int]]], pad_token_id: int, padding_side: str = "right"
+) -> dict[str, torch.Tensor]:
+    """Pad packed rows into `input_ids`, `attention_mask` and `segment_ids` tensors of shape (B, L)."""
+    width = max(len(ids) for ids, _ in rows)
+    batch = {"input_ids": [], "attention_mask": [], "segment_ids": []}
+    for ids, segments in rows:
+        pad = width - len(ids)
+        parts = {"input_ids": (ids, pad_token_id), "attention_mask": ([1] * len(ids), 0), "segment_ids": (segments, 0)}
+        for key, (values, fill) in parts.items():
+            batch[key].append(values + [fill] * pad if padding_side == "right" else [fill] * pad + values)
+    return {key: torch.tensor(values) for key, values in batch.items()}
+
+
+@torch.inference_mode()
+def score_best_of_n(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | list[dict[str, Any]],
+    responses: list[str] | list[list[dict[str, Any]]],
+    max_tokens_per_row: int = 8192,
+    max_length: int | None = None,
+    show_progress: bool = False,
+) -> dict[str, torch.Tensor | None]:
+    """Rewards (N,), routing weights pi (N, E) and depth weights alpha (N, C) of N responses to one prompt.
+
+    The prompt is encoded once per packed row; responses are packed in order until a row would exceed
+    `max_tokens_per_row`, then a new row starts (each row repeats the prompt). Results equal independent scoring.
+    Models that cannot take packed inputs (bidirectional refinement, FlashAttention backbones) are scored one
+    response per row instead, with a one-time notice.
+    """
+    encoded = [encode_prompt_response(tokenizer, prompt, response, max_length) for response in responses]
+    prompt_ids = encoded[0].input_ids[: encoded[0].prompt_length]
+    if any(e.truncated or e.input_ids[: e.prompt_length] != prompt_ids for e in encoded):
+        raise ValueError(
+            "The responses do not share one encoded prompt (truncation cut them differently, or the chat template "
+            "renders the prompt differently per response); score them with the regular scorer instead."
+        )
+    responses_ids = [e.input_ids[e.prompt_length :] for e in encoded]
+    packable = getattr(model, "supports_packed_inputs", False)
+    if not packable:
+        logger.warning_once(
+            f"{type(model).__name__} cannot take packed inputs (needs causal refinement and an eager/SDPA backbone): "
+            "scoring each response in its own row, which encodes the prompt once per response."
+        )
+    rows, current = [], []
+    for ids in responses_ids:
+        row_tokens = len(prompt_ids) + sum(map(len, current)) + len(ids)
+        if current and (not packable or row_tokens > max_tokens_per_row):
+            rows.append(current)
+            current = []
+        current.append(ids)
+    rows.append(current)
+
+    device = next(model.parameters()).device
+    outputs = {"rewards": [], "routing_weights": [], "depth_weights": []}
+    for row in tqdm(rows, desc="best-of-n", disable=not show_progress):
+        input_ids, segment_ids = pack_responses(prompt_ids, row)
+        inputs = {"input_ids": torch.tensor([input_ids], device=device)}
+        if packable:
+            inputs["segment_ids"] = torch.tensor([segment_ids], device=device)
+        else:
+            inputs["prompt_lengths"] = torch.tensor([len(prompt_ids)], device=device)
+        output = model(**inputs)
+        outputs["rewards"].append(output.logits[:, 0].float().cpu())
+        for key in ("routing_weights", "depth_weights"):
+            value = getattr(output, key, None)
+            outputs[key].append(None if value is None else value.float().cpu())
+    return {key: None if None in values else torch.cat(values) for key, values in outputs.items()}
