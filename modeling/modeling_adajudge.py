@@ -476,62 +476,108 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
-        batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        device = input_ids.device if input_ids is not None else inputs_embeds.device
-        if attention_mask is None:
-            attention_mask = torch.ones(batch_size, seq_len, dtype=torch.long, device=device)
-        valid_mask = attention_mask.bool()
-        padding_rows = (~valid_mask.any(-1)).nonzero().flatten().tolist()
-        if padding_rows:
-            raise ValueError(f"Row(s) {padding_rows} of `attention_mask` are all padding: there is nothing to score.")
-
-        if segment_ids is None:
-            response = self._locate_response(input_ids, valid_mask, response_mask, prompt_lengths)  # (B, L)
-            prompt_mask = valid_mask & ~response
-            response_masks, context_masks = response[:, None], valid_mask[:, None]  # (B, 1, L)
-            causal = self.config.refinement_attention == "causal"
-            block_mask = None if bool(valid_mask.all()) else attention_allowed(valid_mask, causal)
-            backbone_mask = attention_mask
-            if position_ids is None:  # count positions from the first valid token, so left padding changes nothing
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        else:
-            prompt_mask, response_masks, block_mask, packed_positions = self._packed_layout(segment_ids, valid_mask)
-            context_masks = response_masks | prompt_mask[:, None]  # (B, N, L)
-            position_ids = packed_positions if position_ids is None else position_ids
+        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+        valid_mask = self._valid_mask(reference, attention_mask)
+        layout = self._layout(input_ids, valid_mask, response_mask, prompt_lengths, segment_ids)
+        if layout["block_mask"] is not None and segment_ids is not None:
             # Additive float mask: eager attention adds it to the scores, SDPA accepts it as is.
             backbone_dtype = self.model.get_input_embeddings().weight.dtype
-            backbone_mask = torch.zeros(block_mask.shape, dtype=backbone_dtype, device=device)
-            backbone_mask.masked_fill_(~block_mask, torch.finfo(backbone_dtype).min)
-
+            backbone_mask = torch.zeros(layout["block_mask"].shape, dtype=backbone_dtype, device=valid_mask.device)
+            backbone_mask.masked_fill_(~layout["block_mask"], torch.finfo(backbone_dtype).min)
+        else:
+            backbone_mask = valid_mask.long()
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=backbone_mask,
-            position_ids=position_ids,
+            position_ids=layout["position_ids"] if position_ids is None else position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=False,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
+        output = self._score(outputs.last_hidden_state, layout)
+        output.hidden_states = outputs.hidden_states
+        if labels is not None:
+            output.loss = F.mse_loss(output.logits.squeeze(-1), labels.float().view(-1))
+        return output if return_dict is not False else output.to_tuple()
+
+    def score_hidden_states(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        response_mask: torch.Tensor | None = None,
+        prompt_lengths: torch.LongTensor | None = None,
+        segment_ids: torch.LongTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+    ) -> AdaJudgeRewardOutput:
+        """Run the heads on precomputed backbone states H0 (B, L, D), e.g. cached features of a frozen backbone.
+
+        Takes the same boundary inputs as `forward` (`input_ids` only serves `config.response_template`) and gives the
+        same outputs as `forward` on the tokens that produced `hidden_states`.
+        """
+        valid_mask = self._valid_mask(hidden_states[..., 0], attention_mask)
+        return self._score(
+            hidden_states, self._layout(input_ids, valid_mask, response_mask, prompt_lengths, segment_ids)
+        )
+
+    @staticmethod
+    def _valid_mask(reference: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, L) boolean mask of real tokens; rows with none are an error."""
+        if attention_mask is None:
+            return torch.ones(reference.shape[:2], dtype=torch.bool, device=reference.device)
+        valid_mask = attention_mask.bool()
+        padding_rows = (~valid_mask.any(-1)).nonzero().flatten().tolist()
+        if padding_rows:
+            raise ValueError(f"Row(s) {padding_rows} of `attention_mask` are all padding: there is nothing to score.")
+        return valid_mask
+
+    def _layout(
+        self,
+        input_ids: torch.Tensor | None,
+        valid_mask: torch.Tensor,
+        response_mask: torch.Tensor | None,
+        prompt_lengths: torch.Tensor | None,
+        segment_ids: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor | None]:
+        """Masks and positions for plain rows (one response each) or packed rows (shared prompt, N responses)."""
+        if segment_ids is not None:
+            prompt_mask, response_masks, block_mask, position_ids = self._packed_layout(segment_ids, valid_mask)
+            context_masks = response_masks | prompt_mask[:, None]  # (B, N, L)
+        else:
+            response = self._locate_response(input_ids, valid_mask, response_mask, prompt_lengths)  # (B, L)
+            prompt_mask = valid_mask & ~response
+            response_masks, context_masks = response[:, None], valid_mask[:, None]  # (B, 1, L)
+            causal = self.config.refinement_attention == "causal"
+            block_mask = None if bool(valid_mask.all()) else attention_allowed(valid_mask, causal)
+            # Count positions from the first valid token, so left padding changes nothing.
+            position_ids = (valid_mask.long().cumsum(-1) - 1).clamp_min(0)
+        return {
+            "prompt_mask": prompt_mask,
+            "response_masks": response_masks,
+            "context_masks": context_masks,
+            "block_mask": block_mask,
+            "position_ids": position_ids,
+        }
+
+    def _score(self, hidden_states: torch.Tensor, layout: dict[str, torch.Tensor | None]) -> AdaJudgeRewardOutput:
         head_dtype = next(self.judge_head.parameters()).dtype
-        hidden_states = outputs.last_hidden_state.to(head_dtype)  # (B, L, D)
         reward, expert_scores, routing_weights, depth_weights = self.judge_head(
-            hidden_states, prompt_mask, response_masks, context_masks, block_mask
+            hidden_states.to(head_dtype),
+            layout["prompt_mask"],
+            layout["response_masks"],
+            layout["context_masks"],
+            layout["block_mask"],
         )
 
         def responses_first(tensor: torch.Tensor) -> torch.Tensor:  # (B, N, ...) -> (N * B, ...)
             return tensor.transpose(0, 1).reshape(-1, *tensor.shape[2:])
 
-        logits = responses_first(reward).unsqueeze(-1)  # (N * B, 1)
-        loss = F.mse_loss(logits.squeeze(-1), labels.float().view(-1)) if labels is not None else None
-        output = AdaJudgeRewardOutput(
-            loss=loss,
-            logits=logits,
+        return AdaJudgeRewardOutput(
+            logits=responses_first(reward).unsqueeze(-1),  # (N * B, 1)
             expert_scores=responses_first(expert_scores).float(),
             routing_weights=responses_first(routing_weights),
             depth_weights=None if depth_weights is None else responses_first(depth_weights),
-            hidden_states=outputs.hidden_states,
         )
-        return output if return_dict is not False else output.to_tuple()
 
     @property
     def supports_packed_inputs(self) -> bool:

@@ -137,3 +137,16 @@ def test_best_of_n_equals_independent_scoring(tiny_tokenizer, refinement_attenti
     torch.testing.assert_close(scored["rewards"], torch.stack([r for r, _ in expected]), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(scored["routing_weights"], torch.stack([p for _, p in expected]), atol=1e-4, rtol=1e-4)
     assert scored["rewards"].argsort().tolist() == torch.stack([r for r, _ in expected]).argsort().tolist()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_scoring_cached_backbone_states_equals_forward(tiny_tokenizer, packed):
+    model = make(tiny_tokenizer, num_refinement_blocks=2)
+    plain, packed_rows = encode_pairs(tiny_tokenizer)
+    inputs = pad_packed(packed_rows, 0, "left") if packed else plain_batch(plain, 0)
+    with torch.no_grad():
+        expected = model(**inputs, output_hidden_states=True)
+        cached = expected.hidden_states[-1]  # the backbone's final (normed) states, as a feature cache stores them
+        scored = model.score_hidden_states(cached, **{k: v for k, v in inputs.items() if k != "input_ids"})
+    torch.testing.assert_close(scored.logits, expected.logits)
+    torch.testing.assert_close(scored.routing_weights, expected.routing_weights)
