@@ -29,6 +29,42 @@ def pack_responses(prompt_ids: list[int], responses_ids: list[list[int]]) -> tup
     return input_ids, segment_ids
 
 
+def encode_packed(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | list[dict[str, Any]] | None,
+    responses: list[str] | list[list[dict[str, Any]]],
+    max_length: int | None = None,
+) -> tuple[list[int], list[int], bool]:
+    """Encode one prompt with N responses as a packed row: (input_ids, segment_ids, truncated).
+
+    Each response is encoded with `encode_prompt_response`, so the tokens equal those of the plain rows. With
+    `max_length`, every plain-equivalent row [prompt; response] must fit: the shared prompt is cut from the left (a
+    leading BOS is kept) by the largest excess, and a response that is too long on its own keeps its end.
+    """
+    encoded = [encode_prompt_response(tokenizer, prompt, response) for response in responses]
+    prompt_ids = encoded[0].input_ids[: encoded[0].prompt_length]
+    if any(e.input_ids[: e.prompt_length] != prompt_ids for e in encoded):
+        raise ValueError(
+            "The chat template renders the shared prompt differently for different responses, so they cannot share "
+            "one encoded prompt. Score these responses unpacked."
+        )
+    responses_ids = [e.input_ids[e.prompt_length :] for e in encoded]
+    truncated = False
+    if max_length is not None:
+        excess = max(len(prompt_ids) + len(ids) for ids in responses_ids) - max_length
+        if excess > 0:
+            truncated = True
+            keep_bos = tokenizer.bos_token_id is not None and prompt_ids[:1] == [tokenizer.bos_token_id]
+            head, body = prompt_ids[: int(keep_bos)], prompt_ids[int(keep_bos) :]
+            prompt_ids = head + body[excess:]
+            budget = max_length - len(prompt_ids)
+            if budget < 1:
+                raise ValueError(f"`max_length`={max_length} leaves no room for a response; raise it.")
+            responses_ids = [ids[-budget:] for ids in responses_ids]
+    input_ids, segment_ids = pack_responses(prompt_ids, responses_ids)
+    return input_ids, segment_ids, truncated
+
+
 def pad_packed(
     rows: list[tuple[list[int], list[int]]], pad_token_id: int, padding_side: str = "right"
 ) -> dict[str, torch.Tensor]:

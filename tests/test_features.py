@@ -1,0 +1,83 @@
+"""Cached backbone features: the same rewards as the full forward, and heads that learn from them."""
+
+import random
+
+import pytest
+import torch
+from conftest import randomize_head
+
+from adajudge_hf.features import extract_features, score_features, train_heads
+from adajudge_hf.packing import encode_packed
+from adajudge_hf.tokenization import encode_prompt_response
+
+
+def chat(prompt, *responses):
+    return [{"role": "user", "content": prompt}], [[{"role": "assistant", "content": r}] for r in responses]
+
+
+def synthetic_pairs(n, seed=0):
+    """Learnable preferences: the chosen answer ends with 'correct', the rejected with 'wrong'."""
+    rng = random.Random(seed)
+    words = "the quick brown fox jumps over lazy dog reward model scores how good response is".split()
+    pairs = []
+    for _ in range(n):
+        body = " ".join(rng.choice(words) for _ in range(rng.randint(3, 8)))
+        pairs.append(chat(" ".join(rng.choice(words) for _ in range(4)), f"{body} correct", f"{body} wrong"))
+    return pairs
+
+
+def test_cached_features_score_like_the_full_forward(make_judge, tiny_tokenizer):
+    model = randomize_head(make_judge(num_refinement_blocks=2))
+    groups = [chat("2+2?", "4", "5", "four"), chat("Capital of France?", "Paris.", "Lyon, in the south.", "Nice")]
+    features = extract_features(model, tiny_tokenizer, groups, dtype=torch.float32, show_progress=False)
+    scored = score_features(model, features)
+    assert scored["rewards"].shape == (2, 3) and scored["routing_weights"].shape == (2, 3, 3)
+    for g, (prompt, responses) in enumerate(groups):
+        for n, response in enumerate(responses):
+            e = encode_prompt_response(tiny_tokenizer, prompt, response)
+            with torch.no_grad():
+                out = model(input_ids=torch.tensor([e.input_ids]), prompt_lengths=torch.tensor([e.prompt_length]))
+            torch.testing.assert_close(scored["rewards"][g, n], out.logits[0, 0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(scored["depth_weights"][g, n], out.depth_weights[0], atol=1e-4, rtol=1e-4)
+
+
+def test_packed_truncation_keeps_every_plain_row_within_max_length(tiny_tokenizer):
+    prompt, responses = chat("word " * 40, "short answer", "a much longer answer " * 3)
+    ids, segments, truncated = encode_packed(tiny_tokenizer, prompt, responses, max_length=30)
+    prompt_length = segments.count(0)
+    assert truncated and all(prompt_length + segments.count(s) <= 30 for s in (1, 2))
+    full = [encode_prompt_response(tiny_tokenizer, prompt, r).input_ids for r in responses]
+    assert ids[prompt_length:] == full[0][-segments.count(1) :] + full[1][-segments.count(2) :]  # response ends kept
+
+
+@pytest.mark.parametrize("pooling", ["adaptive", "mean"])
+def test_heads_learn_from_cached_features(make_judge, tiny_tokenizer, pooling):
+    model = make_judge(num_refinement_blocks=2, pooling=pooling)
+    train = extract_features(model, tiny_tokenizer, synthetic_pairs(96), show_progress=False)
+    held_out = extract_features(model, tiny_tokenizer, synthetic_pairs(48, seed=1), show_progress=False)
+    before = {n: p.clone() for n, p in model.judge_head.named_parameters()}
+    history = train_heads(model, train, epochs=8, batch_size=16, learning_rate=3e-3, show_progress=False)
+    rewards = score_features(model, held_out)["rewards"]
+    accuracy = (rewards[:, 0] > rewards[:, 1]).float().mean().item()
+    assert accuracy >= 0.9, accuracy
+    assert history[-1]["loss"] < history[0]["loss"]
+    # Bradley-Terry is shift-invariant: a static head's output bias gets no gradient; everything else must move.
+    shift_only = {f"expert_heads.{pooling}.2.bias"} if pooling != "adaptive" else set()
+    unchanged = [n for n, p in model.judge_head.named_parameters() if torch.equal(before[n], p)]
+    assert set(unchanged) <= shift_only, unchanged
+
+
+def test_training_is_deterministic_for_a_seed(make_judge, tiny_tokenizer):
+    losses = []
+    for _ in range(2):
+        model = make_judge(num_refinement_blocks=1)
+        features = extract_features(model, tiny_tokenizer, synthetic_pairs(32), show_progress=False)
+        losses.append([r["loss"] for r in train_heads(model, features, epochs=1, batch_size=8, show_progress=False)])
+    assert losses[0] == losses[1]
+
+
+def test_training_needs_pairs(make_judge, tiny_tokenizer):
+    model = make_judge()
+    features = extract_features(model, tiny_tokenizer, [chat("q", "a", "b", "c")], show_progress=False)
+    with pytest.raises(ValueError, match="preference pairs"):
+        train_heads(model, features, show_progress=False)
