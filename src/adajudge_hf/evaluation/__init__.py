@@ -1,0 +1,33 @@
+"""Evaluation of reward models on RM-Bench, JudgeBench and preference pairs with the official metrics.
+
+- `metrics`: the official metric functions on plain per-item rewards (no model needed), also shipped as `evaluate`
+  modules: `evaluate.load(metric_path("rm_bench"))`.
+- `data`: loaders by official Hub name or from local files in the official formats.
+- `scoring`: length-bucketed, multi-process scoring of (prompt, response) pairs, with AdaJudge's routing weights.
+- `report`: `evaluate_model` / `evaluate_length_baseline`, writing metrics, per-item rewards and a routing report.
+"""
+
+from pathlib import Path
+
+from .metrics import judgebench_scores, pairwise_accuracy, rm_bench_scores, wilson_interval
+
+
+METRICS = ("rm_bench", "judgebench", "pairwise_accuracy")
+"""The `evaluate` metric modules shipped with the package."""
+
+
+def metric_path(name: str) -> str:
+    """Folder of a shipped `evaluate` metric module, for `evaluate.load(metric_path(name))` (works offline)."""
+    if name not in METRICS:
+        raise ValueError(f"Unknown metric {name!r}; the shipped metrics are {list(METRICS)}.")
+    return str(Path(__file__).parent / "evaluate_metrics" / name)
+
+
+__all__ = [
+    "METRICS",
+    "judgebench_scores",
+    "metric_path",
+    "pairwise_accuracy",
+    "rm_bench_scores",
+    "wilson_interval",
+]
