@@ -10,6 +10,7 @@
 from pathlib import Path
 
 from .metrics import judgebench_scores, pairwise_accuracy, rm_bench_scores, wilson_interval
+from .scoring import DEFAULT_BATCH_TOKENS, ScoringOutput, length_buckets, score_by_length, score_responses
 
 
 METRICS = ("rm_bench", "judgebench", "pairwise_accuracy")
@@ -24,10 +25,15 @@ def metric_path(name: str) -> str:
 
 
 __all__ = [
+    "DEFAULT_BATCH_TOKENS",
     "METRICS",
+    "ScoringOutput",
     "judgebench_scores",
+    "length_buckets",
     "metric_path",
     "pairwise_accuracy",
     "rm_bench_scores",
+    "score_by_length",
+    "score_responses",
     "wilson_interval",
 ]

@@ -1,0 +1,252 @@
+"""Turn (prompt, response) pairs into rewards, fast and in input order, on one process or many.
+
+Examples are encoded with `encode_prompt_response` (the encoding the trainer uses, so a judge sees the same tokens),
+sorted by length and cut into batches that fit a token budget, so padding stays minimal; the results come back in the
+input order. Under `accelerate launch` each process scores every n-th example and the rewards are gathered back, so
+one process and n processes give the same rewards.
+"""
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging
+
+from ..modeling import AdaJudgeConfig
+from ..tokenization import EncodedExample, Messages, encode_prompt_response
+
+
+logger = logging.get_logger(__name__)
+
+DEFAULT_BATCH_TOKENS = 8192
+"""Default budget of padded tokens (rows x longest row) per forward pass."""
+
+
+@dataclass
+class ScoringOutput:
+    """Rewards of N responses in input order, AdaJudge's routing, and what the scoring cost.
+
+    `routing_weights` (N, E) are the pooling-router weights pi over `experts`, `depth_weights` (N, K) the depth-router
+    weights alpha over `depth_candidates`; both are None for models that are not AdaJudge judges (and alpha when K = 0).
+    """
+
+    rewards: torch.Tensor
+    routing_weights: torch.Tensor | None = None
+    depth_weights: torch.Tensor | None = None
+    experts: tuple[str, ...] | None = None
+    depth_candidates: tuple[str, ...] | None = None
+    num_tokens: int = 0
+    num_padded_tokens: int = 0
+    num_truncated: int = 0
+    num_processes: int = 1
+    seconds: float = 0.0
+    max_length: int | None = None
+    batch_tokens: int | None = None
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of the forward-pass tokens that were padding."""
+        return 1.0 - self.num_tokens / self.num_padded_tokens if self.num_padded_tokens else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Real (non-padding) tokens scored per second of wall-clock time, all processes together."""
+        return self.num_tokens / self.seconds if self.seconds else 0.0
+
+    def stats(self) -> dict:
+        """The cost figures as a JSON-ready dict."""
+        return {
+            "num_responses": len(self.rewards),
+            "num_tokens": self.num_tokens,
+            "num_padded_tokens": self.num_padded_tokens,
+            "padding_fraction": self.padding_fraction,
+            "num_truncated": self.num_truncated,
+            "num_processes": self.num_processes,
+            "seconds": self.seconds,
+            "tokens_per_second": self.tokens_per_second,
+            "max_length": self.max_length,
+            "batch_tokens": self.batch_tokens,
+        }
+
+
+def is_adajudge(model: torch.nn.Module) -> bool:
+    """Whether `model` is an AdaJudge judge (also behind a PEFT wrapper or loaded as remote code)."""
+    return getattr(getattr(model, "config", None), "model_type", None) == AdaJudgeConfig.model_type
+
+
+def depth_candidate_names(config: AdaJudgeConfig) -> tuple[str, ...]:
+    """Names of the depth router's candidates, in the order of `depth_weights`: H(0) (when enabled), H(1)..H(K)."""
+    first = 0 if config.depth_router_include_input else 1
+    return tuple(f"H({k})" for k in range(first, config.num_refinement_blocks + 1))
+
+
+def length_buckets(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Group example indices into batches of similar length, longest first.
+
+    Each batch holds as many examples as fit `batch_tokens` padded tokens (rows x longest row); an example longer than
+    the budget gets a batch of its own. Longest first, so an out-of-memory error shows up at once, not at the end.
+    """
+    if batch_tokens < 1:
+        raise ValueError(f"`batch_tokens` must be >= 1, got {batch_tokens}.")
+    order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
+    batches: list[list[int]] = []
+    for index in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
+def _padding_id(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, adajudge: bool) -> int:
+    if adajudge:  # AdaJudge reads positions from the attention mask: any id works
+        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # A stock `*ForSequenceClassification` reads the reward at the last token that is not `config.pad_token_id`,
+    # so padding must use exactly that id.
+    pad_token_id = model.config.get_text_config().pad_token_id
+    if pad_token_id is None:
+        raise ValueError(
+            "The model config has no `pad_token_id`, so a stock sequence-classification reward model cannot score "
+            "batches (it finds the last token by the pad id). Set `model.config.pad_token_id` to a token that never "
+            "ends a response, e.g. `tokenizer.pad_token_id`, or the EOS id as RewardBench does."
+        )
+    return pad_token_id
+
+
+@torch.inference_mode()
+def _score_batches(
+    model: torch.nn.Module,
+    encoded: dict[int, EncodedExample],
+    batches: list[list[int]],
+    pad_token_id: int,
+    adajudge: bool,
+    progress: tqdm,
+) -> list[tuple]:
+    """Forward every batch; returns (index, reward, pi, alpha) per example."""
+    device = model.device
+    results = []
+    for batch in batches:
+        rows = [torch.tensor(encoded[index].input_ids) for index in batch]
+        input_ids = pad_sequence(rows, batch_first=True, padding_value=pad_token_id)  # (B, L), right padded
+        attention_mask = pad_sequence([torch.ones_like(row) for row in rows], batch_first=True)  # (B, L)
+        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        if adajudge:
+            inputs["prompt_lengths"] = torch.tensor([encoded[index].prompt_length for index in batch], device=device)
+        outputs = model(**inputs)
+        logits = outputs.logits.float().reshape(len(batch), -1)  # (B, num_labels)
+        if logits.shape[1] != 1:
+            raise ValueError(
+                f"The model returns {logits.shape[1]} logits per sequence; a reward model returns one (num_labels=1)."
+            )
+        rewards = logits[:, 0].cpu().tolist()
+        pis = outputs.routing_weights.float().cpu().tolist() if adajudge else [None] * len(batch)
+        depth = outputs.depth_weights if adajudge else None
+        alphas = depth.float().cpu().tolist() if depth is not None else [None] * len(batch)
+        results.extend(zip(batch, rewards, pis, alphas))
+        progress.update(len(batch))
+    return results
+
+
+def score_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str | Messages | None],
+    responses: Sequence[str | Messages],
+    *,
+    max_length: int | None = None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    show_progress: bool = True,
+) -> ScoringOutput:
+    """Reward of each (prompt, response), in input order, with AdaJudge's routing weights pi and alpha.
+
+    Args:
+        model: an AdaJudge judge or any reward model returning `logits` of shape (batch, 1), on its device.
+        tokenizer: the model's tokenizer; lists of messages go through its chat template.
+        prompts, responses: plain strings or lists of messages, as `encode_prompt_response` takes them.
+        max_length: encode at most this many tokens, cutting the prompt from the left (the end of the response is
+            where a reward model reads). None keeps everything.
+        batch_tokens: budget of padded tokens per forward pass; lower it on out-of-memory errors.
+        show_progress: show a progress bar (on the main process only).
+
+    Under `accelerate launch`, process p scores examples p, p + n, p + 2n, ... and every process returns all rewards.
+    The model runs in eval mode under `torch.inference_mode()` (its training mode is restored afterwards).
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"Got {len(prompts)} prompts but {len(responses)} responses; they must pair up.")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"`max_length` must be >= 1 or None, got {max_length}.")
+    state = PartialState()
+    adajudge = is_adajudge(model)
+    pad_token_id = _padding_id(model, tokenizer, adajudge)
+
+    start = time.perf_counter()
+    mine = range(state.process_index, len(prompts), state.num_processes)
+    encoded = {
+        index: encode_prompt_response(tokenizer, prompts[index], responses[index], max_length) for index in mine
+    }
+    batches = length_buckets([len(encoded[index].input_ids) for index in mine], batch_tokens)
+    batches = [[mine[position] for position in batch] for batch in batches]
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(
+            total=len(encoded), desc="Scoring", unit="response", disable=not (show_progress and state.is_main_process)
+        ) as progress:
+            results = _score_batches(model, encoded, batches, pad_token_id, adajudge, progress)
+    finally:
+        model.train(was_training)
+    local_stats = [
+        (
+            sum(len(example.input_ids) for example in encoded.values()),
+            sum(len(batch) * len(encoded[batch[0]].input_ids) for batch in batches),
+            sum(example.truncated for example in encoded.values()),
+            time.perf_counter() - start,
+        )
+    ]
+    if state.num_processes > 1:
+        results, local_stats = gather_object(results), gather_object(local_stats)
+    results.sort(key=lambda result: result[0])
+    num_truncated = sum(stats[2] for stats in local_stats)
+    if num_truncated:
+        logger.warning(
+            f"{num_truncated} of {len(prompts)} examples were longer than max_length={max_length} and lost the start "
+            "of their prompt (or response); raise `max_length` to score them whole."
+        )
+
+    config = model.config
+    return ScoringOutput(
+        rewards=torch.tensor([result[1] for result in results], dtype=torch.float32),
+        routing_weights=torch.tensor([result[2] for result in results]) if adajudge and results else None,
+        depth_weights=(
+            torch.tensor([result[3] for result in results])
+            if adajudge and results and config.num_refinement_blocks
+            else None
+        ),
+        experts=tuple(config.experts) if adajudge else None,
+        depth_candidates=depth_candidate_names(config) if adajudge and config.num_refinement_blocks else None,
+        num_tokens=sum(stats[0] for stats in local_stats),
+        num_padded_tokens=sum(stats[1] for stats in local_stats),
+        num_truncated=num_truncated,
+        num_processes=state.num_processes,
+        seconds=max(stats[3] for stats in local_stats),
+        max_length=max_length,
+        batch_tokens=batch_tokens,
+    )
+
+
+def score_by_length(responses: Sequence[str | Messages]) -> ScoringOutput:
+    """The length baseline: each response's reward is its length in characters, so the longer response wins.
+
+    A sanity anchor: a reward model should beat it, and on RM-Bench it gets a low hard score (style bias).
+    """
+    lengths = [
+        len(response) if isinstance(response, str) else sum(len(str(m.get("content", ""))) for m in response)
+        for response in responses
+    ]
+    return ScoringOutput(rewards=torch.tensor(lengths, dtype=torch.float64))

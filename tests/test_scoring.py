@@ -1,0 +1,131 @@
+"""The length-bucketed scorer gives the rewards of one-at-a-time scoring, in input order, for AdaJudge and stock RMs."""
+
+import pytest
+import torch
+from conftest import randomize_head
+from transformers import AutoModelForSequenceClassification
+
+from adajudge_hf.evaluation import length_buckets, score_by_length, score_responses
+from adajudge_hf.testing import make_tiny_backbone_config
+from adajudge_hf.tokenization import encode_prompt_response
+
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a function that adds two numbers.",
+    None,
+    "How do I bake bread?",
+    "Say something rude.",
+    "2 + 2 = ?",
+    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "?"}],
+]
+RESPONSES = [
+    "The capital of France is Paris.",
+    "def add(a, b):\n    return a + b\n" * 3,
+    "A response without a prompt.",
+    "Mix flour, water, salt and yeast, then knead and bake. " * 5,
+    "I cannot help with that request, but here is a safer alternative.",
+    "4",
+    [{"role": "assistant", "content": "Ask me anything: a question, a task, a number."}],
+]
+
+
+@pytest.fixture
+def judge(make_judge):
+    return randomize_head(make_judge(seed=0), seed=1)
+
+
+def test_length_buckets_fit_the_token_budget_and_cover_every_example():
+    lengths = [5, 40, 7, 7, 100, 3, 39, 41]
+    batches = length_buckets(lengths, batch_tokens=90)
+    assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
+    for batch in batches:
+        longest = max(lengths[index] for index in batch)
+        assert len(batch) == 1 or len(batch) * longest <= 90  # an over-long example gets a batch of its own
+        assert [lengths[index] for index in batch] == sorted((lengths[index] for index in batch), reverse=True)
+    assert batches[0] == [4]  # longest first: out-of-memory shows up at once
+    padded = sum(len(batch) * lengths[batch[0]] for batch in batches)
+    input_order_padded = sum(2 * max(lengths[start : start + 2]) for start in range(0, len(lengths), 2))
+    assert padded - sum(lengths) < (input_order_padded - sum(lengths)) / 3
+
+
+def test_bucketed_rewards_equal_one_at_a_time_in_input_order(judge, tiny_tokenizer):
+    output = score_responses(judge, tiny_tokenizer, PROMPTS, RESPONSES, batch_tokens=256, show_progress=False)
+    assert output.num_padded_tokens > output.num_tokens  # several examples did share padded batches
+    for index, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
+        encoded = encode_prompt_response(tiny_tokenizer, prompt, response)
+        with torch.no_grad():
+            expected = judge(torch.tensor([encoded.input_ids]), prompt_lengths=torch.tensor([encoded.prompt_length]))
+        torch.testing.assert_close(output.rewards[index], expected.logits[0, 0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(output.routing_weights[index], expected.routing_weights[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(output.depth_weights[index], expected.depth_weights[0], atol=1e-5, rtol=1e-5)
+
+
+def test_results_follow_the_input_order(judge, tiny_tokenizer):
+    forward = score_responses(judge, tiny_tokenizer, PROMPTS, RESPONSES, show_progress=False)
+    backward = score_responses(judge, tiny_tokenizer, PROMPTS[::-1], RESPONSES[::-1], show_progress=False)
+    torch.testing.assert_close(backward.rewards, forward.rewards.flip(0), atol=1e-5, rtol=1e-5)
+
+
+def test_adajudge_outputs_name_the_experts_and_depths(make_judge, tiny_tokenizer):
+    output = score_responses(make_judge(num_refinement_blocks=3), tiny_tokenizer, PROMPTS, RESPONSES)
+    assert output.experts == ("last", "mean", "attention")
+    assert output.depth_candidates == ("H(1)", "H(2)", "H(3)")
+    assert output.routing_weights.shape == (len(PROMPTS), 3) and output.depth_weights.shape == (len(PROMPTS), 3)
+    torch.testing.assert_close(output.routing_weights.sum(-1), torch.ones(len(PROMPTS)))
+
+    static = score_responses(make_judge(num_refinement_blocks=0, pooling="mean"), tiny_tokenizer, PROMPTS, RESPONSES)
+    assert static.experts == ("mean",) and static.depth_weights is None and static.depth_candidates is None
+
+
+def test_stock_reward_model_is_scored_at_its_last_token(tiny_tokenizer):
+    torch.manual_seed(0)
+    config = make_tiny_backbone_config(tiny_tokenizer)
+    config.num_labels = 1
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    output = score_responses(model, tiny_tokenizer, PROMPTS, RESPONSES, batch_tokens=256, show_progress=False)
+    assert output.routing_weights is None and output.depth_weights is None and output.experts is None
+    for index, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
+        encoded = encode_prompt_response(tiny_tokenizer, prompt, response)
+        with torch.no_grad():
+            expected = model(torch.tensor([encoded.input_ids])).logits[0, 0]
+        torch.testing.assert_close(output.rewards[index], expected, atol=1e-5, rtol=1e-5)
+
+    # The model finds its last token by `config.pad_token_id`, so padding must use that id, not the tokenizer's.
+    used = {i for p, r in zip(PROMPTS, RESPONSES) for i in encode_prompt_response(tiny_tokenizer, p, r).input_ids}
+    model.config.pad_token_id = min(set(range(len(tiny_tokenizer))) - used)
+    repadded = score_responses(model, tiny_tokenizer, PROMPTS, RESPONSES, batch_tokens=256, show_progress=False)
+    torch.testing.assert_close(repadded.rewards, output.rewards, atol=1e-5, rtol=1e-5)
+
+    model.config.pad_token_id = None
+    with pytest.raises(ValueError, match="no `pad_token_id`"):
+        score_responses(model, tiny_tokenizer, PROMPTS, RESPONSES)
+
+
+def test_scoring_runs_in_eval_mode_and_restores_training_mode(judge, tiny_tokenizer):
+    judge.train()
+    modes = []
+    judge.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    score_responses(judge, tiny_tokenizer, PROMPTS[:2], RESPONSES[:2], show_progress=False)
+    assert modes and not any(modes)
+    assert judge.training
+
+
+def test_max_length_keeps_the_end_of_the_response_and_counts_truncations(judge, tiny_tokenizer):
+    output = score_responses(judge, tiny_tokenizer, PROMPTS, RESPONSES, max_length=24, show_progress=False)
+    lengths = [len(encode_prompt_response(tiny_tokenizer, p, r).input_ids) for p, r in zip(PROMPTS, RESPONSES)]
+    assert output.num_truncated == sum(length > 24 for length in lengths) > 0
+    assert output.num_tokens == sum(min(length, 24) for length in lengths)
+    assert output.stats()["max_length"] == 24
+
+
+def test_bad_arguments_are_rejected(judge, tiny_tokenizer):
+    with pytest.raises(ValueError, match="must pair up"):
+        score_responses(judge, tiny_tokenizer, PROMPTS, RESPONSES[:-1])
+    with pytest.raises(ValueError, match="batch_tokens"):
+        score_responses(judge, tiny_tokenizer, PROMPTS, RESPONSES, batch_tokens=0)
+
+
+def test_length_baseline_rewards_are_character_counts():
+    output = score_by_length(["abc", "", [{"role": "assistant", "content": "hello"}]])
+    assert output.rewards.tolist() == [3.0, 0.0, 5.0]
