@@ -9,7 +9,27 @@
 
 from pathlib import Path
 
+from .data import (
+    BENCHMARKS,
+    JUDGEBENCH_HUB_ID,
+    RM_BENCH_HUB_ID,
+    limit_per_group,
+    load_benchmark,
+    load_judgebench,
+    load_preference_pairs,
+    load_rm_bench,
+    parse_hh_rlhf_transcript,
+)
 from .metrics import judgebench_scores, pairwise_accuracy, rm_bench_scores, wilson_interval
+from .report import (
+    LENGTH_BASELINE,
+    EvaluationResult,
+    benchmark_metrics,
+    evaluate_length_baseline,
+    evaluate_model,
+    routing_report,
+    write_report,
+)
 from .scoring import DEFAULT_BATCH_TOKENS, ScoringOutput, length_buckets, score_by_length, score_responses
 
 
@@ -25,15 +45,31 @@ def metric_path(name: str) -> str:
 
 
 __all__ = [
+    "BENCHMARKS",
     "DEFAULT_BATCH_TOKENS",
+    "JUDGEBENCH_HUB_ID",
+    "LENGTH_BASELINE",
     "METRICS",
+    "RM_BENCH_HUB_ID",
+    "EvaluationResult",
     "ScoringOutput",
+    "benchmark_metrics",
+    "evaluate_length_baseline",
+    "evaluate_model",
     "judgebench_scores",
     "length_buckets",
+    "limit_per_group",
+    "load_benchmark",
+    "load_judgebench",
+    "load_preference_pairs",
+    "load_rm_bench",
     "metric_path",
     "pairwise_accuracy",
+    "parse_hh_rlhf_transcript",
     "rm_bench_scores",
+    "routing_report",
     "score_by_length",
     "score_responses",
     "wilson_interval",
+    "write_report",
 ]

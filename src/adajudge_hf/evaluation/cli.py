@@ -1,0 +1,116 @@
+"""`adajudge evaluate`: score a reward model on RM-Bench, JudgeBench or preference pairs and write the report.
+
+    adajudge evaluate --model org/judge --benchmark rm-bench --output-dir eval/rm-bench
+    adajudge evaluate --model ./judge --benchmark judgebench --data JudgeBench/data --split gpt --output-dir eval/jb
+    adajudge evaluate --model length-baseline --benchmark pairs --data test.jsonl.gz --output-dir eval/length
+    accelerate launch --num_processes 8 -m adajudge_hf.cli evaluate --model ./judge --benchmark rm-bench ...
+
+The files written are described in `adajudge_hf.evaluation.report`.
+"""
+
+import argparse
+import sys
+
+import torch
+from accelerate import PartialState
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .data import BENCHMARKS, JUDGEBENCH_SPLITS
+from .report import LENGTH_BASELINE, evaluate_length_baseline, evaluate_model, format_summary
+from .scoring import DEFAULT_BATCH_TOKENS
+
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adajudge evaluate",
+        description="Score a reward model on a benchmark with its official metrics; write metrics.json, "
+        "rewards.jsonl and, for AdaJudge judges, a routing report (routing.json / .md / .png).",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help=f"a local folder or Hub id of an AdaJudge judge or any sequence-classification reward model, or "
+        f"'{LENGTH_BASELINE}' (the longer response wins)",
+    )
+    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    parser.add_argument(
+        "--data",
+        help="Hub dataset id, or a local file / folder in the official format (default: THU-KEG/RM-Bench or "
+        "ScalerLab/JudgeBench; required for pairs)",
+    )
+    parser.add_argument("--output-dir", required=True, help="folder for the report files")
+    parser.add_argument(
+        "--split",
+        help=f"dataset split: JudgeBench {' or '.join(JUDGEBENCH_SPLITS)} (default gpt, the leaderboard's); for "
+        "Hub data, the split to read (RM-Bench: train, pairs: test)",
+    )
+    parser.add_argument(
+        "--max-length", type=int, help="encode at most this many tokens, cutting the prompt from the left"
+    )
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=DEFAULT_BATCH_TOKENS,
+        help="padded tokens per forward pass (default: %(default)s); lower it on out-of-memory errors",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        help="keep the first N items of each RM-Bench domain / JudgeBench category, or the first N pairs",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="weights dtype (default: float32 on CPU, where bf16 is slow; the checkpoint's dtype on accelerators)",
+    )
+    return parser
+
+
+def load_reward_model(name_or_path: str, dtype: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a reward model and its tokenizer onto this process's device.
+
+    Importing `adajudge_hf` registers AdaJudge with `AutoModelForSequenceClassification`, so one call loads AdaJudge
+    judges and stock reward models alike (and, with PEFT installed, an adapter folder with its base model).
+    """
+    device = PartialState().device
+    dtype = dtype or ("float32" if device.type == "cpu" else "auto")
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=DTYPES[dtype])
+    if model.config.num_labels != 1:
+        raise ValueError(
+            f"{name_or_path} is a classifier with {model.config.num_labels} labels, not a reward model (num_labels=1)."
+        )
+    return model.to(device), tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    common = {"split": args.split, "limit": args.limit}
+    try:
+        if args.model == LENGTH_BASELINE:
+            result = evaluate_length_baseline(args.benchmark, args.data, args.output_dir, **common)
+        else:
+            model, tokenizer = load_reward_model(args.model, args.dtype)
+            result = evaluate_model(
+                model,
+                tokenizer,
+                args.benchmark,
+                args.data,
+                args.output_dir,
+                max_length=args.max_length,
+                batch_tokens=args.batch_tokens,
+                **common,
+            )
+    except (ValueError, OSError) as error:  # bad input: a clear message, not a traceback
+        print(f"adajudge evaluate: error: {error}", file=sys.stderr)
+        return 2
+    if PartialState().is_main_process:
+        print(format_summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

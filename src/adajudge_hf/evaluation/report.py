@@ -1,0 +1,404 @@
+"""Evaluate a reward model on a benchmark and write a report that people and the model-card generator can read.
+
+`evaluate_model(model, tokenizer, benchmark, data, output_dir)` scores an AdaJudge judge or any stock reward model;
+`evaluate_length_baseline(benchmark, data, output_dir)` scores the longer response higher, as a sanity anchor. Both
+write, to `output_dir` (on the main process only):
+
+`metrics.json`
+    `{"benchmark", "model", "data", "split", "num_items", "metrics", "scoring", "adajudge_hf_version"}`. `metrics` is
+    the dict of `rm_bench_scores` (overall, easy / normal / hard, per domain with its 3x3 matrix),
+    `judgebench_scores` (overall, per category) or `pairwise_accuracy` (accuracy with a Wilson interval); accuracies
+    are percentages. `scoring` holds the cost: responses, tokens, padding fraction, truncations, seconds, tokens/s.
+`rewards.jsonl`
+    One line per item, in dataset order. RM-Bench: `domain`, `id`, `score_chosen` and `score_rejected` (3 rewards
+    each, in style order). JudgeBench: `pair_id`, `source`, `category`, `label`, `score_A`, `score_B`, `decision`,
+    `correct`. Pairs: `index`, `score_chosen`, `score_rejected`, `correct`. For AdaJudge judges, each side S of an
+    item (chosen / rejected, A / B) also has `routing_weights_S` (pi over the experts, one list per response) and
+    `depth_weights_S` (alpha, or null when K = 0). Feeding these lines back to the metric functions gives `metrics`.
+`routing.json`, `routing.md`, `routing.png` (AdaJudge judges only)
+    Mean routing weights per group of responses (RM-Bench domain, JudgeBench category, or all pairs), plus an
+    `"all"` group. `routing.json` schema::
+
+        {
+          "benchmark": "rm-bench" | "judgebench" | "pairs",
+          "group_by": "domain" | "category" | "all",
+          "experts": ["last", "mean", "attention"],        # config.experts, in output order
+          "depth_candidates": ["H(1)", ..., "H(K)"] | null,  # H(0) first if the depth router may pick H0
+          "groups": {
+            "<group>": {
+              "num_responses": int,
+              "routing_weights": {"<expert>": mean pi, ...},
+              "depth_weights": {"<candidate>": mean alpha, ...} | null
+            },
+            ...,
+            "all": {...}
+          }
+        }
+
+    `routing.md` is the same as Markdown tables, `routing.png` as heatmaps.
+"""
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from accelerate import PartialState
+from matplotlib.figure import Figure
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .. import __version__
+from .data import BENCHMARKS, limit_per_group, load_benchmark
+from .metrics import (
+    JUDGEBENCH_CATEGORIES,
+    RM_BENCH_DOMAINS,
+    judgebench_decision,
+    judgebench_scores,
+    pairwise_accuracy,
+    rm_bench_domain,
+    rm_bench_scores,
+)
+from .scoring import DEFAULT_BATCH_TOKENS, ScoringOutput, score_by_length, score_responses
+
+
+LENGTH_BASELINE = "length-baseline"
+
+_COLUMNS = {
+    "rm-bench": ("domain", "id", "prompt", "chosen", "rejected"),
+    "judgebench": ("pair_id", "source", "category", "question", "response_A", "response_B", "label"),
+    "pairs": ("prompt", "chosen", "rejected"),
+}
+# Responses of one item, in scoring order: side name -> positions among the item's responses.
+_SIDES = {
+    "rm-bench": {"chosen": slice(0, 3), "rejected": slice(3, 6)},
+    "judgebench": {"A": 0, "B": 1},
+    "pairs": {"chosen": 0, "rejected": 1},
+}
+_RESPONSES_PER_ITEM = {"rm-bench": 6, "judgebench": 2, "pairs": 2}
+_GROUP_BY = {"rm-bench": "domain", "judgebench": "category", "pairs": "all"}
+
+
+@dataclass
+class EvaluationResult:
+    """Everything an evaluation produced; `output_dir` is where it was written (None when nothing was)."""
+
+    benchmark: str
+    metrics: dict
+    records: list[dict]
+    routing: dict | None
+    scoring: dict
+    info: dict
+    output_dir: Path | None = None
+
+    def to_json(self) -> dict:
+        """The content of `metrics.json`."""
+        return {
+            "benchmark": self.benchmark,
+            **self.info,
+            "num_items": len(self.records),
+            "metrics": self.metrics,
+            "scoring": self.scoring,
+            "adajudge_hf_version": __version__,
+        }
+
+
+def _prepare_dataset(
+    benchmark: str, data: str | os.PathLike | datasets.Dataset | None, split: str | None, limit: int | None
+) -> datasets.Dataset:
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"Unknown benchmark {benchmark!r}; expected one of {list(BENCHMARKS)}.")
+    if isinstance(data, datasets.Dataset):
+        missing = [column for column in _COLUMNS[benchmark] if column not in data.column_names]
+        if missing:
+            raise ValueError(
+                f"The dataset lacks the column(s) {missing} of a {benchmark} dataset; load it with "
+                "`adajudge_hf.evaluation.load_benchmark`, which normalises the official formats."
+            )
+        dataset = data
+    else:
+        dataset = load_benchmark(benchmark, data, split)
+    return limit_per_group(dataset, benchmark, limit) if limit is not None else dataset
+
+
+def benchmark_examples(benchmark: str, dataset: datasets.Dataset) -> tuple[list, list]:
+    """The (prompts, responses) to score, `_RESPONSES_PER_ITEM[benchmark]` consecutive responses per item."""
+    prompts, responses = [], []
+    for item in dataset:
+        if benchmark == "rm-bench":
+            item_responses = list(item["chosen"]) + list(item["rejected"])
+        elif benchmark == "judgebench":
+            item_responses = [item["response_A"], item["response_B"]]
+        else:
+            item_responses = [item["chosen"], item["rejected"]]
+        prompt = item["question"] if benchmark == "judgebench" else item["prompt"]
+        prompts.extend([prompt] * len(item_responses))
+        responses.extend(item_responses)
+    return prompts, responses
+
+
+def as_chat(tokenizer: PreTrainedTokenizerBase, prompt, response) -> tuple:
+    """Plain-text benchmark inputs as a user turn and an assistant turn when the tokenizer has a chat template, which
+    is how RM-Bench and RewardBench render them; everything else is passed as is."""
+    if tokenizer.chat_template is None or not isinstance(response, str):
+        return prompt, response
+    user = [{"role": "user", "content": prompt}] if prompt else []
+    return user, [{"role": "assistant", "content": response}]
+
+
+def _records(benchmark: str, dataset: datasets.Dataset, scores: ScoringOutput) -> list[dict]:
+    rewards = scores.rewards.tolist()
+    pis = scores.routing_weights.tolist() if scores.routing_weights is not None else None
+    alphas = scores.depth_weights.tolist() if scores.depth_weights is not None else None
+    per_item = _RESPONSES_PER_ITEM[benchmark]
+    records = []
+    for position, item in enumerate(dataset):
+        span = slice(position * per_item, (position + 1) * per_item)
+        if benchmark == "rm-bench":
+            record = {"domain": item["domain"], "id": item["id"]}
+        elif benchmark == "judgebench":
+            record = {key: item[key] for key in ("pair_id", "source", "category", "label")}
+        else:
+            record = {"index": position}
+        for name, where in _SIDES[benchmark].items():
+            record[f"score_{name}"] = rewards[span][where]
+        if benchmark == "judgebench":
+            record["decision"] = judgebench_decision(record["score_A"], record["score_B"])
+            record["correct"] = record["decision"] == record["label"]
+        elif benchmark == "pairs":
+            record["correct"] = record["score_chosen"] > record["score_rejected"]
+        if pis is not None:
+            for name, where in _SIDES[benchmark].items():
+                record[f"routing_weights_{name}"] = pis[span][where]
+                record[f"depth_weights_{name}"] = alphas[span][where] if alphas is not None else None
+        records.append(record)
+    return records
+
+
+def benchmark_metrics(benchmark: str, records: Sequence[dict]) -> dict:
+    """Official metrics of `benchmark` from the per-item records of `rewards.jsonl`."""
+    if benchmark == "rm-bench":
+        return rm_bench_scores(records)
+    if benchmark == "judgebench":
+        return judgebench_scores(records)
+    return pairwise_accuracy([r["score_chosen"] for r in records], [r["score_rejected"] for r in records])
+
+
+def _group(benchmark: str, record: dict) -> str:
+    if benchmark == "rm-bench":
+        return rm_bench_domain(record["domain"])
+    return record["category"] if benchmark == "judgebench" else "all"
+
+
+def routing_report(
+    benchmark: str, records: Sequence[dict], experts: Sequence[str], depth_candidates: Sequence[str] | None
+) -> dict:
+    """Mean routing weights pi (and depth weights alpha) per domain / category, from the records of `rewards.jsonl`.
+
+    Returns the `routing.json` dict described in the module docstring.
+    """
+    vectors: dict[str, tuple[list, list]] = {}  # group -> (pi of each response, alpha of each response)
+    for record in records:
+        pis, alphas = [], []
+        for name, where in _SIDES[benchmark].items():
+            pi, alpha = record[f"routing_weights_{name}"], record[f"depth_weights_{name}"]
+            pi = [pi] if isinstance(where, int) else pi
+            alpha = [None] * len(pi) if alpha is None else [alpha] if isinstance(where, int) else alpha
+            pis, alphas = pis + pi, alphas + alpha
+        for group in (_group(benchmark, record), "all"):
+            group_pis, group_alphas = vectors.setdefault(group, ([], []))
+            group_pis.extend(pis)
+            group_alphas.extend(alphas)
+
+    def mean(names: Sequence[str], rows: list[list[float]]) -> dict[str, float]:
+        return {name: sum(column) / len(rows) for name, column in zip(names, zip(*rows))}
+
+    order = {"rm-bench": RM_BENCH_DOMAINS, "judgebench": tuple(JUDGEBENCH_CATEGORIES.values()), "pairs": ()}[benchmark]
+    groups = {}
+    for group in [group for group in order if group in vectors] + ["all"]:
+        pis, alphas = vectors[group]
+        groups[group] = {
+            "num_responses": len(pis),
+            "routing_weights": mean(experts, pis),
+            "depth_weights": mean(depth_candidates, alphas) if depth_candidates else None,
+        }
+    return {
+        "benchmark": benchmark,
+        "group_by": _GROUP_BY[benchmark],
+        "experts": list(experts),
+        "depth_candidates": list(depth_candidates) if depth_candidates else None,
+        "groups": groups,
+    }
+
+
+def _routing_panels(routing: dict) -> list[tuple[str, list[str], str]]:
+    panels = [("routing_weights", routing["experts"], "pooling router π")]
+    if routing["depth_candidates"]:
+        panels.append(("depth_weights", routing["depth_candidates"], "depth router α"))
+    return panels
+
+
+def routing_markdown(routing: dict) -> str:
+    """`routing.json` as one Markdown table per router."""
+    lines = [f"# Mean routing weights on {routing['benchmark']}, per {routing['group_by']}"]
+    for key, columns, title in _routing_panels(routing):
+        lines += ["", f"## {title}", ""]
+        lines.append(f"| {routing['group_by']} | responses | " + " | ".join(columns) + " |")
+        lines.append("|---|---:|" + "---:|" * len(columns))
+        for group, values in routing["groups"].items():
+            cells = " | ".join(f"{values[key][column]:.3f}" for column in columns)
+            lines.append(f"| {group} | {values['num_responses']} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_routing(routing: dict, path: str | os.PathLike) -> None:
+    """Heatmaps of `routing.json`: groups x experts (pi) and, when the judge has refinement blocks, groups x depth."""
+    panels = _routing_panels(routing)
+    groups = list(routing["groups"])
+    figure = Figure(
+        figsize=(2.5 + 1.4 * sum(len(columns) for _, columns, _ in panels), 1.5 + 0.5 * len(groups)),
+        layout="constrained",
+    )
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axis, (key, columns, title) in zip(axes, panels):
+        values = [[routing["groups"][group][key][column] for column in columns] for group in groups]
+        image = axis.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        axis.set_xticks(range(len(columns)), columns)
+        axis.set_yticks(range(len(groups)), groups)
+        axis.set_title(title)
+        axis.axhline(len(groups) - 1.5, color="white", linewidth=2)  # sets the pooled "all" row apart
+        for row, row_values in enumerate(values):
+            for column, value in enumerate(row_values):
+                color = "black" if value > 0.6 else "white"
+                axis.text(column, row, f"{value:.2f}", ha="center", va="center", color=color, fontsize=9)
+    figure.colorbar(image, ax=list(axes), shrink=0.9)
+    figure.suptitle(f"Mean routing weights on {routing['benchmark']}, per {routing['group_by']}")
+    figure.savefig(path, dpi=150)
+
+
+def write_report(result: EvaluationResult, output_dir: str | os.PathLike) -> Path:
+    """Write `metrics.json`, `rewards.jsonl` and, for AdaJudge judges, the routing report to `output_dir`."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    with open(output_dir / "rewards.jsonl", "w") as file:
+        for record in result.records:
+            file.write(json.dumps(record) + "\n")
+    if result.routing is not None:
+        (output_dir / "routing.json").write_text(json.dumps(result.routing, indent=2) + "\n")
+        (output_dir / "routing.md").write_text(routing_markdown(result.routing))
+        plot_routing(result.routing, output_dir / "routing.png")
+    return output_dir
+
+
+def _finish(
+    benchmark: str,
+    dataset: datasets.Dataset,
+    scores: ScoringOutput,
+    info: dict,
+    output_dir: str | os.PathLike | None,
+) -> EvaluationResult:
+    records = _records(benchmark, dataset, scores)
+    routing = (
+        routing_report(benchmark, records, scores.experts, scores.depth_candidates)
+        if scores.routing_weights is not None
+        else None
+    )
+    result = EvaluationResult(
+        benchmark=benchmark,
+        metrics=benchmark_metrics(benchmark, records),
+        records=records,
+        routing=routing,
+        scoring=scores.stats(),
+        info=info,
+    )
+    if output_dir is not None:
+        if PartialState().is_main_process:
+            write_report(result, output_dir)
+        result.output_dir = Path(output_dir)
+    return result
+
+
+def _data_name(data) -> str | None:
+    return None if data is None or isinstance(data, datasets.Dataset) else str(data)
+
+
+def evaluate_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    benchmark: str,
+    data: str | os.PathLike | datasets.Dataset | None = None,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    split: str | None = None,
+    max_length: int | None = None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    limit: int | None = None,
+    show_progress: bool = True,
+) -> EvaluationResult:
+    """Score `model` on `benchmark` ("rm-bench", "judgebench" or "pairs") and write the report to `output_dir`.
+
+    `data` is a Hub dataset id, a local file or folder in the official format (default: the official Hub dataset), or
+    a dataset from `load_benchmark`; `limit` keeps the first `limit` items of each domain / category (see
+    `limit_per_group`). Plain-text prompts and responses go through the tokenizer's chat template as one user turn and
+    one assistant turn when it has one. Under `accelerate launch` the scoring is split across processes.
+    """
+    dataset = _prepare_dataset(benchmark, data, split, limit)
+    prompts, responses = benchmark_examples(benchmark, dataset)
+    chats = [as_chat(tokenizer, prompt, response) for prompt, response in zip(prompts, responses)]
+    prompts, responses = [prompt for prompt, _ in chats], [response for _, response in chats]
+    scores = score_responses(
+        model,
+        tokenizer,
+        prompts,
+        responses,
+        max_length=max_length,
+        batch_tokens=batch_tokens,
+        show_progress=show_progress,
+    )
+    info = {"model": getattr(model, "name_or_path", None) or None, "data": _data_name(data), "split": split}
+    return _finish(benchmark, dataset, scores, info, output_dir)
+
+
+def evaluate_length_baseline(
+    benchmark: str,
+    data: str | os.PathLike | datasets.Dataset | None = None,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+) -> EvaluationResult:
+    """`evaluate_model` for the length baseline: the longer response (in characters) gets the higher reward.
+
+    A sanity anchor for any reward model, and a check of the metric orientation: on RM-Bench it must get a low hard
+    score (plain correct answers lose to long wrong ones).
+    """
+    dataset = _prepare_dataset(benchmark, data, split, limit)
+    _, responses = benchmark_examples(benchmark, dataset)
+    info = {"model": LENGTH_BASELINE, "data": _data_name(data), "split": split}
+    return _finish(benchmark, dataset, score_by_length(responses), info, output_dir)
+
+
+def format_summary(result: EvaluationResult) -> str:
+    """A few human-readable lines with the headline numbers."""
+    metrics = result.metrics
+    if result.benchmark == "rm-bench":
+        domains = ", ".join(f"{name} {values['score']:.1f}" for name, values in metrics["domains"].items())
+        lines = [
+            f"RM-Bench overall {metrics['overall']:.1f} over {len(metrics['domains_scored'])} domain(s): {domains}",
+            f"easy {metrics['easy']:.1f} / normal {metrics['normal']:.1f} / hard {metrics['hard']:.1f}",
+        ]
+        if metrics["domains_missing"]:
+            lines.append(f"not scored (absent from the data): {', '.join(metrics['domains_missing'])}")
+    elif result.benchmark == "judgebench":
+        categories = ", ".join(f"{name} {values['accuracy']:.1f}" for name, values in metrics["categories"].items())
+        lines = [f"JudgeBench overall {metrics['overall']:.1f} on {metrics['num_pairs']} pairs: {categories}"]
+    else:
+        lines = [
+            f"Pairwise accuracy {metrics['accuracy']:.1f} ({100 * metrics['confidence']:.0f}% CI "
+            f"{metrics['ci_low']:.1f}-{metrics['ci_high']:.1f}) on {metrics['num_pairs']} pairs"
+        ]
+    if result.output_dir is not None:
+        lines.append(f"report written to {result.output_dir}")
+    return "\n".join(lines)
