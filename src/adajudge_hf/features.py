@@ -43,7 +43,6 @@ def _length_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     return batches + [current] if current else batches
 
 
-@torch.inference_mode()
 def extract_features(
     model: AdaJudgeForRewardModeling,
     tokenizer: PreTrainedTokenizerBase,
@@ -58,20 +57,33 @@ def extract_features(
     Groups are packed rows (the prompt is encoded once) and batched by length. States are stored in `dtype` (fp16
     halves the memory; heads compute in fp32).
     """
-    encoded = [encode_packed(tokenizer, prompt, responses, max_length) for prompt, responses in groups]
-    device = next(model.parameters()).device
-    features: list[PackedFeatures | None] = [None] * len(encoded)
-    batches = _length_batches([len(ids) for ids, _, _ in encoded], max_tokens_per_batch)
-    progress = tqdm(
-        total=sum(len(ids) for ids, _, _ in encoded), unit="tok", desc="backbone features", disable=not show_progress
+    rows = [encode_packed(tokenizer, prompt, responses, max_length) for prompt, responses in groups]
+    return features_of_packed_rows(
+        model, rows, tokenizer.pad_token_id or 0, max_tokens_per_batch, dtype, show_progress
     )
-    for batch in batches:
-        width = max(len(encoded[i][0]) for i in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+
+
+@torch.inference_mode()
+def features_of_packed_rows(
+    model: AdaJudgeForRewardModeling,
+    rows: Sequence[tuple[list[int], list[int], bool]],
+    pad_token_id: int = 0,
+    max_tokens_per_batch: int = 8192,
+    dtype: torch.dtype = torch.float16,
+    show_progress: bool = True,
+) -> list[PackedFeatures]:
+    """Backbone states of already encoded packed rows `(input_ids, segment_ids, truncated)`, in input order."""
+    device = next(model.parameters()).device
+    features: list[PackedFeatures | None] = [None] * len(rows)
+    lengths = [len(ids) for ids, _, _ in rows]
+    progress = tqdm(total=sum(lengths), unit="tok", desc="backbone features", disable=not show_progress)
+    for batch in _length_batches(lengths, max_tokens_per_batch):
+        width = max(lengths[i] for i in batch)
+        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
         segment_ids = torch.zeros_like(input_ids)
         attention_mask = torch.zeros_like(input_ids)
         for row, index in enumerate(batch):
-            ids, segments, _ = encoded[index]
+            ids, segments, _ = rows[index]
             input_ids[row, : len(ids)] = torch.tensor(ids)
             segment_ids[row, : len(ids)] = torch.tensor(segments)
             attention_mask[row, : len(ids)] = 1
@@ -83,11 +95,12 @@ def extract_features(
         )
         hidden = output.hidden_states[-1]  # (B, L, D) final normed backbone states
         for row, index in enumerate(batch):
-            length = len(encoded[index][0])
             features[index] = PackedFeatures(
-                hidden[row, :length].to("cpu", dtype).clone(), segment_ids[row, :length].clone(), encoded[index][2]
+                hidden[row, : lengths[index]].to("cpu", dtype).clone(),
+                segment_ids[row, : lengths[index]].clone(),
+                rows[index][2],
             )
-        progress.update(sum(len(encoded[i][0]) for i in batch))
+        progress.update(sum(lengths[i] for i in batch))
     progress.close()
     return features
 
@@ -144,11 +157,17 @@ def train_heads(
     weight_decay: float = 0.01,
     max_grad_norm: float = 1.0,
     router_learning_rate_multiplier: float = 1.0,
+    router_warmup_fraction: float = 0.0,
     expert_aux_loss_coef: float = 0.0,
     seed: int = 0,
     show_progress: bool = True,
 ) -> list[dict[str, float]]:
     """Train `model.judge_head` on cached (prompt; chosen; rejected) features with the AdaJudge loss of `model.config`.
+
+    Remedies for a router that locks in on the first competent expert (`shared/notes/routing-results.md`), all off
+    by default: `router_learning_rate_multiplier` scales the pooling router's learning rate,
+    `router_warmup_fraction` keeps the router frozen (pi uniform) for that fraction of the steps so every expert
+    learns first, and `expert_aux_loss_coef` adds each expert's own Bradley-Terry loss.
 
     Returns one record per step (loss, accuracy, routing entropy). Deterministic for a given seed.
     """
@@ -159,11 +178,13 @@ def train_heads(
     router_ids = {id(p) for p in router_params}
     other_params = [p for p in model.judge_head.parameters() if id(p) not in router_ids]
     groups = [{"params": other_params, "lr": learning_rate}]
+    router_learning_rate = learning_rate * router_learning_rate_multiplier
     if router_params:
-        groups.append({"params": router_params, "lr": learning_rate * router_learning_rate_multiplier})
+        groups.append({"params": router_params, "lr": 0.0 if router_warmup_fraction > 0 else router_learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
     device = next(model.judge_head.parameters()).device
     steps_per_epoch = math.ceil(len(train_features) / batch_size)
+    warmup_steps = round(router_warmup_fraction * epochs * steps_per_epoch)
     history = []
     model.judge_head.train()
     rng = random.Random(seed)
@@ -172,6 +193,8 @@ def train_heads(
         order = list(range(len(train_features)))
         rng.shuffle(order)
         for step in range(steps_per_epoch):
+            if router_params and epoch * steps_per_epoch + step == warmup_steps:
+                optimizer.param_groups[1]["lr"] = router_learning_rate  # warm-up over: the router starts to learn
             chunk = [train_features[i] for i in order[step * batch_size : (step + 1) * batch_size]]
             out = model.score_hidden_states(**_collate(chunk, device))
             chosen, rejected = out.logits[:, 0].chunk(2)  # packed rows give responses-first order
