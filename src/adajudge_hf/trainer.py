@@ -1,0 +1,466 @@
+"""TRL's `RewardTrainer` with the AdaJudge objective: `AdaJudgeRewardConfig` and `AdaJudgeRewardTrainer`.
+
+The trainer is a thin subclass: it prepares the data with the prompt/response boundary (`adajudge_hf.data`), swaps
+the loss for the focal Bradley-Terry loss with the router entropy floor (`adajudge_hf.loss`), gives the heads their
+own learning rate, and stops on a non-finite loss or gradient before the optimizer can write NaN weights.
+"""
+
+import logging
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from datasets import Dataset, IterableDataset
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase, set_seed
+from transformers.trainer_optimizer import is_optimizer_factory
+from trl import RewardConfig, RewardTrainer
+from trl.trainer.utils import global_then_local_main_first
+
+from .checkpoint import load_judge
+from .data import STRENGTH, DataCollatorForAdaJudge, prepare_preference_dataset
+from .lora import HEAD_MODULE, adajudge_lora_config
+from .loss import STRENGTH_SCALINGS, adajudge_loss, preference_strength_weights
+from .modeling import AdaJudgeConfig, AdaJudgeForRewardModeling
+from .modeling.configuration_adajudge import validate_loss_hyperparameters
+
+
+logger = logging.getLogger(__name__)
+
+LOSS_FIELDS = ("bt_temperature", "focal_gamma", "entropy_floor", "entropy_floor_coef")
+ROUTER_MODULE = "pooling_router"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/Inf loss or gradient; raised before the optimizer step that would store it."""
+
+
+@dataclass
+class AdaJudgeRewardConfig(RewardConfig):
+    r"""
+    Configuration for [`AdaJudgeRewardTrainer`]: TRL's [`~trl.RewardConfig`] plus the AdaJudge objective.
+
+    The four loss hyper-parameters default to `None`, which takes them from the judge's config (the objective it
+    was built for); a value set here overrides it and is written back to `model.config`, so every checkpoint records
+    the objective it was trained with.
+
+    Parameters:
+        bt_temperature (`float`, *optional*):
+            tau_bt in p = sigmoid((r+ - r- - margin) / tau_bt).
+        focal_gamma (`float`, *optional*):
+            Focal exponent gamma; 0 gives the plain Bradley-Terry loss.
+        entropy_floor (`float`, *optional*):
+            eta, the router entropy (nats, < ln 3) below which the floor penalty acts.
+        entropy_floor_coef (`float`, *optional*):
+            lambda, the weight of lambda * max(0, eta - H(pi))^2; 0 disables the floor.
+        strength_column (`str`, *optional*):
+            Dataset column with a per-pair preference strength (>= 0). Each pair's loss is weighted by the scaled
+            strength, normalised to mean 1 over the batch. `None` weights every pair equally.
+        strength_scaling (`str`, *optional*, defaults to `"sqrt"`):
+            `"sqrt"` (the paper) or `"linear"`.
+        expert_aux_loss_coef (`float`, *optional*, defaults to `0.0`):
+            Weight of an auxiliary Bradley-Terry loss on each expert's own score (a remedy for router lock-in; off).
+        head_learning_rate (`float`, *optional*):
+            Learning rate of the `judge_head` parameters, which start from scratch; `None` uses `learning_rate`,
+            which then applies to LoRA / backbone parameters only.
+        router_learning_rate_multiplier (`float`, *optional*, defaults to `1.0`):
+            Multiplies the head learning rate for the pooling router (a remedy for router lock-in; off).
+        freeze_backbone (`bool`, *optional*, defaults to `False`):
+            Train the heads only. Turns off activation checkpointing, which would only recompute the frozen backbone.
+        max_length (`int` or `None`, *optional*, defaults to `1024`):
+            Longer pairs are truncated, not dropped: the prompt is cut from the left and the end of the response kept.
+    """
+
+    bt_temperature: float | None = field(
+        default=None, metadata={"help": "Bradley-Terry temperature tau_bt. None: the model config's value."}
+    )
+    focal_gamma: float | None = field(
+        default=None, metadata={"help": "Focal exponent gamma (0 = plain BT loss). None: the model config's value."}
+    )
+    entropy_floor: float | None = field(
+        default=None, metadata={"help": "Router entropy floor eta in nats (< ln 3). None: the model config's value."}
+    )
+    entropy_floor_coef: float | None = field(
+        default=None,
+        metadata={"help": "Weight lambda of the entropy floor (0 = off). None: the model config's value."},
+    )
+    strength_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset column with a preference strength (>= 0) that weights each pair. None: no weights."
+        },
+    )
+    strength_scaling: str = field(
+        default="sqrt",
+        metadata={"help": "Scaling of the strength before normalisation.", "choices": STRENGTH_SCALINGS},
+    )
+    expert_aux_loss_coef: float = field(
+        default=0.0,
+        metadata={"help": "Weight of a per-expert auxiliary Bradley-Terry loss (router lock-in remedy; 0 = off)."},
+    )
+    head_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the judge's heads. None: `learning_rate`."}
+    )
+    router_learning_rate_multiplier: float = field(
+        default=1.0,
+        metadata={"help": "Multiplier of the head learning rate for the pooling router (lock-in remedy; 1 = off)."},
+    )
+    freeze_backbone: bool = field(
+        default=False, metadata={"help": "Train the heads only (no LoRA); turns off activation checkpointing."}
+    )
+    max_length: int | None = field(
+        default=1024,
+        metadata={
+            "help": "Maximum tokens of prompt + response. Longer pairs are truncated (prompt from the left, end of the "
+            "response kept), not dropped. None: no limit."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        # Validate the loss values that are set; the unset ones come from the model config (validated there).
+        placeholders = {"bt_temperature": 1.0, "focal_gamma": 0.0, "entropy_floor": 0.0, "entropy_floor_coef": 0.0}
+        validate_loss_hyperparameters(
+            **{
+                name: placeholders[name] if getattr(self, name) is None else getattr(self, name)
+                for name in LOSS_FIELDS
+            }
+        )
+        if self.strength_scaling not in STRENGTH_SCALINGS:
+            raise ValueError(f"`strength_scaling` must be one of {STRENGTH_SCALINGS}, got {self.strength_scaling!r}.")
+        if not self.expert_aux_loss_coef >= 0:
+            raise ValueError(f"`expert_aux_loss_coef` must be >= 0 (0 disables it), got {self.expert_aux_loss_coef}.")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise ValueError(
+                f"`head_learning_rate` must be > 0 (or None for `learning_rate`), got {self.head_learning_rate}."
+            )
+        if not self.router_learning_rate_multiplier > 0:
+            raise ValueError(
+                f"`router_learning_rate_multiplier` must be > 0 (1 leaves it off), got {self.router_learning_rate_multiplier}."
+            )
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(
+                f"`max_length` must be >= 2 (a prompt token and a response token) or None, got {self.max_length}."
+            )
+        if self.freeze_backbone and self.activation_checkpointing:
+            self.activation_checkpointing = self.gradient_checkpointing = False
+
+
+def _judge_of(model: AdaJudgeForRewardModeling | PeftModel) -> AdaJudgeForRewardModeling:
+    judge = model.get_base_model() if isinstance(model, PeftModel) else model
+    if not isinstance(judge, AdaJudgeForRewardModeling):
+        raise TypeError(
+            f"AdaJudgeRewardTrainer trains an AdaJudgeForRewardModeling (or a PeftModel of one), got "
+            f"{type(judge).__name__}. Build one with `AdaJudgeForRewardModeling.from_backbone(...)`, or pass the "
+            "backbone's name as `model`. For a stock reward model use `trl.RewardTrainer`."
+        )
+    return judge
+
+
+class AdaJudgeRewardTrainer(RewardTrainer):
+    """
+    [`~trl.RewardTrainer`] for AdaJudge judges; takes the same arguments.
+
+    `model` may be an [`AdaJudgeForRewardModeling`] (or a `PeftModel` of one), a folder saved by `save_judge` in any
+    form, a Hub id of a full judge, or the name of a backbone, around which a judge is built with
+    `AdaJudgeForRewardModeling.from_backbone` (judge config fields such as `num_refinement_blocks` can go in
+    `args.model_init_kwargs`). A `peft_config` (`LoraConfig`) goes through `adajudge_lora_config`: adapters on the
+    backbone projections, heads trained in full.
+
+    Example:
+
+    ```python
+    >>> from datasets import load_dataset
+    >>> from peft import LoraConfig
+    >>> from adajudge_hf import AdaJudgeRewardConfig, AdaJudgeRewardTrainer
+    >>> trainer = AdaJudgeRewardTrainer(
+    ...     model="Qwen/Qwen3-4B",
+    ...     args=AdaJudgeRewardConfig("adajudge-qwen3-4b", head_learning_rate=5e-4),
+    ...     train_dataset=load_dataset("trl-lib/ultrafeedback_binarized", split="train"),
+    ...     peft_config=LoraConfig(r=16),
+    ... )
+    >>> trainer.train()
+    ```
+    """
+
+    _tag_names = ["trl", "reward-trainer", "adajudge"]
+    _name = "AdaJudge Reward"
+
+    def __init__(
+        self,
+        model: "str | AdaJudgeForRewardModeling | PeftModel",
+        args: AdaJudgeRewardConfig | None = None,
+        data_collator=None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset=None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        optimizer_cls_and_kwargs=None,
+        preprocess_logits_for_metrics=None,
+        quantization_config=None,
+        peft_config=None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else (model.config.name_or_path or "judge")
+            args = AdaJudgeRewardConfig(f"{os.path.basename(str(name).rstrip('/'))}-AdaJudge")
+        elif not isinstance(args, AdaJudgeRewardConfig):
+            raise TypeError(
+                f"`args` must be an AdaJudgeRewardConfig (a RewardConfig with the AdaJudge loss fields), got "
+                f"{type(args).__name__}."
+            )
+
+        model_init_kwargs = args.model_init_kwargs
+        built_here = isinstance(model, str)
+        if built_here:
+            model = self._load_model(model, args, processing_class, quantization_config)
+            quantization_config = None
+        judge = _judge_of(model)
+        if processing_class is None and not judge.config.name_or_path:
+            raise ValueError(
+                "Pass the tokenizer as `processing_class`: this judge was built from a config, so there is no "
+                "checkpoint to load one from."
+            )
+
+        if args.freeze_backbone:
+            if peft_config is not None or isinstance(model, PeftModel):
+                raise ValueError(
+                    "`freeze_backbone=True` trains the heads only, but LoRA adapters were requested. Drop "
+                    "`peft_config` to train heads on a frozen backbone, or set `freeze_backbone=False` for LoRA."
+                )
+            judge.model.requires_grad_(False)
+        if peft_config is not None:
+            peft_config = adajudge_lora_config(peft_config, judge)
+        elif isinstance(model, PeftModel) and not any(p.requires_grad for p in judge.judge_head.parameters()):
+            raise ValueError(
+                f"The PeftModel's `{HEAD_MODULE}` is frozen, so the heads would stay at their random initial values. "
+                "Wrap the judge with `get_peft_model(judge, adajudge_lora_config(lora_config, judge))`, or pass the "
+                "judge and `peft_config` to the trainer."
+            )
+
+        # The objective: explicit config values win and are recorded on the model; the rest come from the model.
+        self.loss_hyperparameters = {}
+        for name in LOSS_FIELDS:
+            value = getattr(args, name)
+            if value is None:
+                value = getattr(judge.config, name)
+            else:
+                setattr(judge.config, name, value)
+            self.loss_hyperparameters[name] = value
+        validate_loss_hyperparameters(**self.loss_hyperparameters)
+
+        if built_here:  # TRL would warn that `model_init_kwargs` are ignored: they were used above
+            args.model_init_kwargs = None
+        try:
+            super().__init__(
+                model=model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+                preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+            )
+        finally:
+            args.model_init_kwargs = model_init_kwargs
+        judge.config.pad_token_id = self.processing_class.pad_token_id
+        if data_collator is None:
+            self.data_collator = DataCollatorForAdaJudge(
+                pad_token_id=self.processing_class.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of
+            )
+        self._expert_names = judge.config.experts
+        self._depth_names = None
+        if judge.config.num_refinement_blocks:
+            first = 0 if judge.config.depth_router_include_input else 1
+            self._depth_names = [str(k) for k in range(first, judge.config.num_refinement_blocks + 1)]
+
+    @staticmethod
+    def _load_model(
+        model_id: str,
+        args: AdaJudgeRewardConfig,
+        processing_class: PreTrainedTokenizerBase | None,
+        quantization_config,
+    ) -> AdaJudgeForRewardModeling:
+        """A saved judge (any `save_judge` form, or a full judge on the Hub), else a new judge around a backbone."""
+        set_seed(args.seed)  # the heads of a new judge are random
+        kwargs = dict(args.model_init_kwargs or {})
+        if quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config
+        dtype = kwargs.get("dtype", "float32")  # TRL's default for reward models
+        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+        if args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+            kwargs["device_map"] = None
+        elif "device_map" not in kwargs:
+            kwargs["device_map"] = None if args.device.type in ("cpu", "mps") else "auto"
+        kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        hub_kwargs = {key: kwargs[key] for key in ("revision", "trust_remote_code") if key in kwargs}
+        if AdaJudgeConfig.get_config_dict(model_id, **hub_kwargs)[0].get("model_type") == AdaJudgeConfig.model_type:
+            if os.path.isdir(model_id):
+                return load_judge(model_id, **kwargs)
+            return AdaJudgeForRewardModeling.from_pretrained(model_id, **kwargs)
+        return AdaJudgeForRewardModeling.from_backbone(model_id, tokenizer=processing_class, **kwargs)
+
+    def _prepare_dataset(
+        self,
+        dataset: Dataset | IterableDataset,
+        processing_class: PreTrainedTokenizerBase,
+        args: AdaJudgeRewardConfig,
+        dataset_name: str,
+    ) -> Dataset | IterableDataset:
+        with global_then_local_main_first():
+            dataset, _ = prepare_preference_dataset(
+                dataset,
+                processing_class,
+                max_length=args.max_length,
+                strength_column=args.strength_column,
+                dataset_name=dataset_name,
+                num_proc=args.dataset_num_proc,
+            )
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = [
+                "chosen_ids",
+                "rejected_ids",
+                "chosen_prompt_length",
+                "rejected_prompt_length",
+                "margin",
+                STRENGTH,
+            ]
+
+    def _parameter_learning_rate(self, name: str) -> float:
+        if f".{HEAD_MODULE}." not in f".{name}":
+            return self.args.learning_rate
+        head_learning_rate = self.args.head_learning_rate or self.args.learning_rate
+        if f".{ROUTER_MODULE}." in name:
+            return head_learning_rate * self.args.router_learning_rate_multiplier
+        return head_learning_rate
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """Trainer's optimizer, with one parameter group per (learning rate, weight decay): heads, router, the rest."""
+        separate = self.args.head_learning_rate is not None or self.args.router_learning_rate_multiplier != 1.0
+        if self.optimizer is not None or not separate:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & optimizer_kwargs.keys():
+            raise ValueError(
+                f"`optim={self.args.optim}` builds its own parameter groups, so `head_learning_rate` / "
+                "`router_learning_rate_multiplier` cannot apply. Use an AdamW-style optimizer or leave them unset."
+            )
+        decay_parameters = set(self.get_decay_parameter_names(opt_model))
+        groups = defaultdict(list)
+        for name, parameter in opt_model.named_parameters():
+            if parameter.requires_grad:
+                weight_decay = self.args.weight_decay if name in decay_parameters else 0.0
+                groups[(self._parameter_learning_rate(name), weight_decay)].append(parameter)
+        parameter_groups = [
+            {"params": params, "lr": lr, "weight_decay": weight_decay} for (lr, weight_decay), params in groups.items()
+        ]
+        self.optimizer = optimizer_cls(parameter_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        margin = inputs.pop("margin", None)
+        strength = inputs.pop(STRENGTH, None)
+        inputs["use_cache"] = False
+        outputs = model(**inputs)
+
+        rewards_chosen, rewards_rejected = outputs.logits.squeeze(-1).chunk(2)  # (B,) each
+        routing_chosen, routing_rejected = outputs.routing_weights.chunk(2)  # (B, E) each
+        pair_weights = None
+        if self.args.strength_column is not None:
+            if strength is None:
+                raise ValueError(
+                    f"`strength_column={self.args.strength_column!r}` is set but the batch has no `{STRENGTH}`; use "
+                    "the trainer's data collator (DataCollatorForAdaJudge) or set `strength_column=None`."
+                )
+            pair_weights = preference_strength_weights(strength, self.args.strength_scaling)  # (B,)
+        expert_scores = (None, None)
+        if self.args.expert_aux_loss_coef:
+            expert_scores = outputs.expert_scores.chunk(2)  # (B, E) each
+        result = adajudge_loss(
+            rewards_chosen,
+            rewards_rejected,
+            routing_chosen,
+            routing_rejected,
+            margin,
+            pair_weights,
+            **self.loss_hyperparameters,
+            chosen_expert_scores=expert_scores[0],
+            rejected_expert_scores=expert_scores[1],
+            expert_aux_loss_coef=self.args.expert_aux_loss_coef,
+        )
+        loss = result.loss
+        if self.args.center_rewards_coefficient is not None:
+            loss = loss + self.args.center_rewards_coefficient * torch.mean((rewards_chosen + rewards_rejected) ** 2)
+
+        with torch.no_grad():
+            # One gather for every scalar: the finiteness flag first, so that all processes stop together.
+            names = ["finite", "accuracy", "margin", "preference_loss", "router_entropy", "entropy_floor_active"]
+            values = [
+                torch.isfinite(loss).float(),
+                (rewards_chosen > rewards_rejected).float().mean(),
+                (rewards_chosen - rewards_rejected).mean(),
+                result.preference_loss,
+                result.routing_entropy.mean(),
+                result.floor_active.float().mean(),
+            ]
+            names += [f"pi/{expert}" for expert in self._expert_names]
+            values += list(outputs.routing_weights.float().mean(0))
+            if self._depth_names is not None and outputs.depth_weights is not None:
+                names += [f"alpha/{k}" for k in self._depth_names]
+                values += list(outputs.depth_weights.float().mean(0))
+            if result.expert_aux_loss is not None:
+                names.append("expert_aux_loss")
+                values.append(result.expert_aux_loss)
+            gathered = self.accelerator.gather(torch.stack(values).unsqueeze(0)).float()  # (P, M)
+            if bool((gathered[:, 0] < 1).any()):
+                raise NonFiniteLossError(
+                    f"Non-finite {mode} loss ({loss.item()}) at step {self.state.global_step}: rewards in "
+                    f"[{outputs.logits.min().item()}, {outputs.logits.max().item()}]. Training stopped before the "
+                    "optimizer step, so no checkpoint holds NaN weights. Lower the learning rate, use bf16 rather "
+                    "than fp16, or check the data; resume from the last checkpoint."
+                )
+
+            if mode == "train":
+                num_tokens_in_batch = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+                self._total_train_tokens += num_tokens_in_batch // self._tp_size
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            all_rewards = self.accelerator.gather(outputs.logits)
+            self._metrics[mode]["min_reward"].append(all_rewards.min().item())
+            self._metrics[mode]["mean_reward"].append(all_rewards.mean().item())
+            self._metrics[mode]["max_reward"].append(all_rewards.max().item())
+            for name, value in zip(names[1:], gathered[:, 1:].mean(0).tolist()):
+                self._metrics[mode][name].append(value)
+
+        return (loss, outputs) if return_outputs else loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # Trainer computes the global gradient norm just before `optimizer.step()`: the last point at which a
+        # non-finite gradient can be stopped from reaching the weights. fp16 loss scaling skips such steps itself.
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if grad_norm is not None and self.accelerator.scaler is None and not math.isfinite(float(grad_norm)):
+            raise NonFiniteLossError(
+                f"Non-finite gradient norm ({float(grad_norm)}) at step {self.state.global_step}. Training stopped "
+                "before the optimizer step, so no checkpoint holds NaN weights. Lower the learning rate or set "
+                "`max_grad_norm`; resume from the last checkpoint."
+            )
+        return grad_norm
+
+
+__all__ = ["AdaJudgeRewardConfig", "AdaJudgeRewardTrainer", "NonFiniteLossError"]

@@ -1,0 +1,371 @@
+"""AdaJudgeRewardTrainer: TRL equivalence, learning, entropy floor, LoRA / frozen backbone, learning rates,
+non-finite guards, resume, model loading and bad input."""
+
+import logging
+import random
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel
+from safetensors.torch import load_file
+from trl import RewardConfig, RewardTrainer
+
+from adajudge_hf import AdaJudgeForRewardModeling
+from adajudge_hf.checkpoint import load_judge, save_judge
+from adajudge_hf.lora import BACKBONE_TARGET_MODULES, adajudge_lora_config
+from adajudge_hf.testing import make_tiny_judge_config, save_tiny_causal_lm
+from adajudge_hf.trainer import AdaJudgeRewardConfig, AdaJudgeRewardTrainer, NonFiniteLossError
+
+
+WORDS = "the quick brown fox jumps over lazy dog reward model scores how response prompt capital France Paris".split()
+
+
+def synthetic_pairs(n: int, seed: int = 0, **extra_columns) -> Dataset:
+    """A learnable task: the same random answer, ending in "good" (chosen) or "bad" (rejected)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        body = " ".join(rng.choices(WORDS, k=rng.randint(2, 6)))
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": " ".join(rng.choices(WORDS, k=4)) + "?"}],
+                "chosen": [{"role": "assistant", "content": body + " good"}],
+                "rejected": [{"role": "assistant", "content": body + " bad"}],
+            }
+        )
+    dataset = Dataset.from_list(rows)
+    for name, values in extra_columns.items():
+        dataset = dataset.add_column(name, values)
+    return dataset
+
+
+def make_args(output_dir, **kwargs) -> AdaJudgeRewardConfig:
+    defaults = dict(
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        activation_checkpointing=False,
+    )
+    return AdaJudgeRewardConfig(str(output_dir), **{**defaults, **kwargs})
+
+
+def new_judge(tokenizer, seed: int = 0, **config_kwargs) -> AdaJudgeForRewardModeling:
+    torch.manual_seed(seed)
+    return AdaJudgeForRewardModeling(make_tiny_judge_config(tokenizer, **config_kwargs))
+
+
+def head_state(model) -> dict[str, torch.Tensor]:
+    judge = model.get_base_model() if isinstance(model, PeftModel) else model
+    head = judge.judge_head
+    head = head.modules_to_save["default"] if hasattr(head, "modules_to_save") else head
+    return {name: tensor.detach().clone() for name, tensor in head.state_dict().items()}
+
+
+def test_stock_objective_reproduces_trls_loss_exactly(tiny_tokenizer, tmp_path):
+    dataset = synthetic_pairs(8, margin=[0.0, 0.5, -0.5, 1.0] * 2)
+    args = make_args(tmp_path, focal_gamma=0.0, entropy_floor_coef=0.0)
+    trainer = AdaJudgeRewardTrainer(
+        new_judge(tiny_tokenizer), args, train_dataset=dataset, processing_class=tiny_tokenizer
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert {"prompt_lengths", "margin"} <= batch.keys()  # the boundary survives TRL's column removal
+    ours = trainer.compute_loss(trainer.model, dict(batch))
+    stock = RewardTrainer.compute_loss(trainer, trainer.model, dict(batch))
+    assert torch.equal(ours, stock)
+
+
+def test_loss_hyperparameters_come_from_the_model_unless_overridden(tiny_tokenizer, tmp_path):
+    judge = new_judge(tiny_tokenizer, focal_gamma=1.0, entropy_floor=0.3)
+    trainer = AdaJudgeRewardTrainer(
+        judge, make_args(tmp_path), train_dataset=synthetic_pairs(4), processing_class=tiny_tokenizer
+    )
+    assert trainer.loss_hyperparameters == {
+        "bt_temperature": 1.0,
+        "focal_gamma": 1.0,
+        "entropy_floor": 0.3,
+        "entropy_floor_coef": 0.1,
+    }
+    args = make_args(tmp_path, focal_gamma=0.5, bt_temperature=2.0)
+    trainer = AdaJudgeRewardTrainer(judge, args, train_dataset=synthetic_pairs(4), processing_class=tiny_tokenizer)
+    assert trainer.loss_hyperparameters["focal_gamma"] == 0.5 and trainer.loss_hyperparameters["entropy_floor"] == 0.3
+    assert (judge.config.focal_gamma, judge.config.bt_temperature) == (0.5, 2.0)  # recorded with the checkpoint
+    with pytest.raises(ValueError, match="entropy_floor"):
+        make_args(tmp_path, entropy_floor=1.2)
+    with pytest.raises(ValueError, match="router_learning_rate_multiplier"):
+        make_args(tmp_path, router_learning_rate_multiplier=0.0)
+
+
+def test_training_logs_trls_metrics_and_the_routing(tiny_tokenizer, tmp_path):
+    args = make_args(tmp_path, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4)
+    dataset = synthetic_pairs(8)
+    trainer = AdaJudgeRewardTrainer(
+        new_judge(tiny_tokenizer), args, train_dataset=dataset, eval_dataset=dataset, processing_class=tiny_tokenizer
+    )
+    trainer.train()
+    train_logs = [log for log in trainer.state.log_history if "loss" in log]
+    trl_metrics = {"accuracy", "margin", "min_reward", "mean_reward", "max_reward", "num_tokens"}
+    routing_metrics = {
+        "router_entropy",
+        "entropy_floor_active",
+        "pi/last",
+        "pi/mean",
+        "pi/attention",
+        "alpha/1",
+        "alpha/2",
+    }
+    expected = trl_metrics | routing_metrics
+    assert expected <= train_logs[0].keys()
+    assert sum(train_logs[0][f"pi/{expert}"] for expert in ("last", "mean", "attention")) == pytest.approx(1.0)
+    evaluation = trainer.evaluate()
+    assert {f"eval_{key}" for key in expected - {"num_tokens"}} <= evaluation.keys()
+
+
+@pytest.mark.slow
+def test_tiny_judge_learns_a_synthetic_preference_and_the_entropy_floor_holds(tiny_tokenizer, tmp_path):
+    dataset = synthetic_pairs(64)
+    entropies = {}
+    for coef in (0.0, 5.0):
+        args = make_args(
+            tmp_path / str(coef),
+            max_steps=32,
+            per_device_train_batch_size=8,
+            learning_rate=3e-3,
+            lr_scheduler_type="constant",
+            focal_gamma=2.0,
+            entropy_floor=1.0,
+            entropy_floor_coef=coef,
+        )
+        trainer = AdaJudgeRewardTrainer(
+            new_judge(tiny_tokenizer), args, train_dataset=dataset, processing_class=tiny_tokenizer
+        )
+        trainer.train()
+        metrics = trainer.evaluate(dataset)
+        assert metrics["eval_accuracy"] >= 0.95, metrics
+        entropies[coef] = metrics["eval_router_entropy"]
+    assert entropies[5.0] >= 1.0 - 0.05  # the floor holds ...
+    assert entropies[0.0] < entropies[5.0] - 0.1  # ... where the router would otherwise concentrate
+
+
+def test_lora_adapts_the_backbone_only_and_trains_the_heads(tiny_tokenizer, tmp_path):
+    judge = new_judge(tiny_tokenizer)
+    backbone_before = {name: tensor.clone() for name, tensor in judge.model.state_dict().items()}
+    heads_before = head_state(judge)
+    args = make_args(tmp_path, max_steps=3, activation_checkpointing=True)  # TRL's default, with PEFT
+    trainer = AdaJudgeRewardTrainer(
+        judge, args, train_dataset=synthetic_pairs(12), processing_class=tiny_tokenizer, peft_config=LoraConfig(r=4)
+    )
+    model = trainer.model
+    assert isinstance(model, PeftModel)
+    assert model.peft_config["default"].target_modules == BACKBONE_TARGET_MODULES
+    lora_modules = [name for name, _ in model.named_modules() if name.endswith("lora_A")]
+    assert lora_modules and not any("judge_head" in name for name in lora_modules)
+    lora_b = {name: p.detach().clone() for name, p in model.named_parameters() if "lora_B" in name}
+    trainer.train()
+
+    heads_after = head_state(model)
+    assert all(not torch.equal(heads_before[name], heads_after[name]) for name in heads_after if "norm" not in name)
+    assert any(not torch.equal(lora_b[name], p) for name, p in model.named_parameters() if "lora_B" in name)
+    base = model.get_base_model().model
+    for name, tensor in base.state_dict().items():
+        if "lora_" not in name:
+            assert torch.equal(tensor, backbone_before[name.replace(".base_layer", "")]), name
+
+
+@pytest.mark.parametrize(
+    "lora_kwargs, match",
+    [({"target_modules": "all-linear"}, "all-linear"), ({"target_modules": ["q_proj", "ffn_out"]}, "heads")],
+)
+def test_lora_targets_on_the_heads_are_refused(tiny_tokenizer, tmp_path, lora_kwargs, match):
+    peft_config = LoraConfig(r=4, **lora_kwargs)
+    with pytest.raises(ValueError, match=match):
+        AdaJudgeRewardTrainer(
+            new_judge(tiny_tokenizer), make_args(tmp_path), train_dataset=synthetic_pairs(4), peft_config=peft_config
+        )
+
+
+def test_a_peft_model_with_frozen_heads_is_refused(tiny_tokenizer, tmp_path):
+    from peft import get_peft_model
+
+    judge = new_judge(tiny_tokenizer)
+    frozen = get_peft_model(judge, LoraConfig(r=4, target_modules=BACKBONE_TARGET_MODULES))
+    with pytest.raises(ValueError, match="judge_head` is frozen"):
+        AdaJudgeRewardTrainer(
+            frozen, make_args(tmp_path), train_dataset=synthetic_pairs(4), processing_class=tiny_tokenizer
+        )
+    wrapped = get_peft_model(
+        new_judge(tiny_tokenizer), adajudge_lora_config(LoraConfig(r=4), new_judge(tiny_tokenizer))
+    )
+    trainer = AdaJudgeRewardTrainer(
+        wrapped, make_args(tmp_path), train_dataset=synthetic_pairs(4), processing_class=tiny_tokenizer
+    )
+    assert trainer.model is wrapped
+
+
+def test_frozen_backbone_trains_the_heads_only(tiny_tokenizer, tmp_path):
+    judge = new_judge(tiny_tokenizer)
+    backbone_before = {name: tensor.clone() for name, tensor in judge.model.state_dict().items()}
+    heads_before = head_state(judge)
+    args = make_args(tmp_path, freeze_backbone=True, activation_checkpointing=None, gradient_checkpointing=True)
+    assert not args.activation_checkpointing  # recomputing a frozen backbone buys nothing
+    trainer = AdaJudgeRewardTrainer(judge, args, train_dataset=synthetic_pairs(8), processing_class=tiny_tokenizer)
+    trainer.train()
+    assert all(torch.equal(tensor, backbone_before[name]) for name, tensor in judge.model.state_dict().items())
+    assert any(not torch.equal(heads_before[name], tensor) for name, tensor in head_state(judge).items())
+    with pytest.raises(ValueError, match="freeze_backbone"):
+        AdaJudgeRewardTrainer(
+            new_judge(tiny_tokenizer), args, train_dataset=synthetic_pairs(4), peft_config=LoraConfig()
+        )
+
+
+def test_heads_router_and_adapters_get_their_own_learning_rates(tiny_tokenizer, tmp_path):
+    args = make_args(tmp_path, learning_rate=1e-4, head_learning_rate=1e-3, router_learning_rate_multiplier=10.0)
+    trainer = AdaJudgeRewardTrainer(
+        new_judge(tiny_tokenizer),
+        args,
+        train_dataset=synthetic_pairs(4),
+        processing_class=tiny_tokenizer,
+        peft_config=LoraConfig(r=4),
+    )
+    optimizer = trainer.create_optimizer()
+    names = {id(p): name for name, p in trainer.model.named_parameters()}
+    learning_rates = {}
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            learning_rates[names[id(parameter)]] = group["lr"]
+    assert learning_rates and len(learning_rates) == sum(p.requires_grad for p in trainer.model.parameters())
+    for name, lr in learning_rates.items():
+        if "pooling_router" in name:
+            assert lr == pytest.approx(1e-2), name
+        elif "judge_head" in name:
+            assert lr == pytest.approx(1e-3), name
+        else:
+            assert "lora_" in name and lr == pytest.approx(1e-4), name
+
+
+def test_a_nan_loss_stops_training_before_a_checkpoint_holds_it(tiny_tokenizer, tmp_path):
+    judge = new_judge(tiny_tokenizer)
+    calls = []
+
+    def poison_from_the_second_step(module, inputs, outputs):
+        calls.append(1)
+        if len(calls) >= 2:
+            return (outputs[0] * float("nan"),) + tuple(outputs[1:])
+
+    judge.judge_head.register_forward_hook(poison_from_the_second_step)
+    args = make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=1)
+    trainer = AdaJudgeRewardTrainer(judge, args, train_dataset=synthetic_pairs(16), processing_class=tiny_tokenizer)
+    with pytest.raises(NonFiniteLossError, match="Non-finite train loss .* at step 1"):
+        trainer.train()
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
+    weights = load_file(tmp_path / "checkpoint-1" / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+    assert all(torch.isfinite(p).all() for p in judge.parameters())
+
+
+def test_a_nan_gradient_stops_training_before_the_optimizer_step(tiny_tokenizer, tmp_path):
+    judge = new_judge(tiny_tokenizer)
+    before = {name: p.detach().clone() for name, p in judge.named_parameters()}
+    judge.judge_head.expert_heads["last"][0].weight.register_hook(lambda grad: grad * float("nan"))
+    trainer = AdaJudgeRewardTrainer(
+        judge, make_args(tmp_path), train_dataset=synthetic_pairs(8), processing_class=tiny_tokenizer
+    )
+    with pytest.raises(NonFiniteLossError, match="gradient norm"):
+        trainer.train()
+    assert all(torch.equal(p, before[name]) for name, p in judge.named_parameters())
+
+
+@pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_resume_from_checkpoint_reaches_the_same_final_weights(tiny_tokenizer, tmp_path, lora):
+    dataset = synthetic_pairs(16)
+    args = make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, head_learning_rate=3e-3)
+    peft_config = LoraConfig(r=4) if lora else None
+    straight = AdaJudgeRewardTrainer(
+        new_judge(tiny_tokenizer),
+        args,
+        train_dataset=dataset,
+        peft_config=peft_config,
+        processing_class=tiny_tokenizer,
+    )
+    straight.train()
+    # A full checkpoint restores every weight, so start from other random weights; LoRA needs the same backbone.
+    fresh = new_judge(tiny_tokenizer, seed=0 if lora else 1)
+    resumed = AdaJudgeRewardTrainer(
+        fresh, args, train_dataset=dataset, peft_config=peft_config, processing_class=tiny_tokenizer
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+
+    final, again = straight.model.state_dict(), resumed.model.state_dict()
+    assert final.keys() == again.keys()
+    for name in final:
+        torch.testing.assert_close(again[name], final[name], rtol=0, atol=1e-6, msg=name)
+    assert straight.state.log_history[-2]["loss"] == pytest.approx(resumed.state.log_history[-2]["loss"], abs=1e-6)
+
+
+def test_model_given_by_name_is_built_or_loaded(tiny_tokenizer, tmp_path):
+    backbone = save_tiny_causal_lm(tmp_path / "backbone")
+    args = make_args(tmp_path / "out", model_init_kwargs={"num_refinement_blocks": 1, "head_hidden_size": 8})
+    trainer = AdaJudgeRewardTrainer(str(backbone), args, train_dataset=synthetic_pairs(4))
+    judge = trainer.model
+    assert isinstance(judge, AdaJudgeForRewardModeling) and judge.config.num_refinement_blocks == 1
+    assert judge.config.pad_token_id == tiny_tokenizer.pad_token_id and judge.config.response_template is not None
+    assert args.model_init_kwargs == {"num_refinement_blocks": 1, "head_hidden_size": 8}  # the caller's args untouched
+
+    saved = save_judge(judge, tmp_path / "judge", form="heads")
+    trainer = AdaJudgeRewardTrainer(str(saved), make_args(tmp_path / "out"), train_dataset=synthetic_pairs(4))
+    reloaded = load_judge(saved)
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name], tensor), name
+
+
+def test_strength_weights_change_the_loss(tiny_tokenizer, tmp_path):
+    losses = []
+    for strengths in ([1.0, 9.0], [9.0, 1.0]):
+        dataset = synthetic_pairs(2, overall=strengths)
+        args = make_args(tmp_path, strength_column="overall", per_device_train_batch_size=2)
+        trainer = AdaJudgeRewardTrainer(
+            new_judge(tiny_tokenizer), args, train_dataset=dataset, processing_class=tiny_tokenizer
+        )
+        batch = next(iter(trainer.get_train_dataloader()))
+        assert batch["strength"].tolist() == strengths
+        losses.append(trainer.compute_loss(trainer.model, dict(batch)).item())
+    assert losses[0] != pytest.approx(losses[1])
+
+
+def test_bad_input_is_reported(tiny_tokenizer, tmp_path, caplog):
+    args = make_args(tmp_path)
+    with pytest.raises(ValueError, match="not a preference format"):
+        AdaJudgeRewardTrainer(
+            new_judge(tiny_tokenizer),
+            args,
+            train_dataset=Dataset.from_dict({"text": ["a"]}),
+            processing_class=tiny_tokenizer,
+        )
+    no_template = tiny_tokenizer.__class__(
+        tokenizer_object=tiny_tokenizer.backend_tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    with pytest.raises(ValueError, match="no chat template"):
+        AdaJudgeRewardTrainer(
+            new_judge(tiny_tokenizer), args, train_dataset=synthetic_pairs(4), processing_class=no_template
+        )
+    empty_response = {**synthetic_pairs(1)[0], "chosen": [{"role": "assistant", "content": " "}]}
+    with_empty = Dataset.from_list(list(synthetic_pairs(4)) + [empty_response])
+    with caplog.at_level(logging.WARNING, logger="adajudge_hf.data"):
+        trainer = AdaJudgeRewardTrainer(
+            new_judge(tiny_tokenizer), args, train_dataset=with_empty, processing_class=tiny_tokenizer
+        )
+    assert len(trainer.train_dataset) == 4 and "dropped 1 with an empty response" in caplog.text
+    with pytest.raises(ValueError, match="processing_class"):
+        AdaJudgeRewardTrainer(new_judge(tiny_tokenizer), args, train_dataset=synthetic_pairs(4))
+    with pytest.raises(TypeError, match="AdaJudgeRewardConfig"):
+        AdaJudgeRewardTrainer(
+            new_judge(tiny_tokenizer),
+            RewardConfig(str(tmp_path), bf16=False, use_cpu=True, report_to="none"),
+            train_dataset=synthetic_pairs(4),
+        )
