@@ -1,0 +1,217 @@
+"""`adajudge train`: fine-tune an AdaJudge judge with TRL, in the style of TRL's `reward_modeling.py` script.
+
+```bash
+adajudge train --config examples/recipes/qwen3_4b_k3.yaml
+adajudge train --model_name_or_path Qwen/Qwen3-0.6B --dataset_name prefs.jsonl --use_peft --output_dir out
+accelerate launch --config_file examples/accelerate/ddp.yaml -m adajudge_hf.train --config <recipe.yaml>
+```
+
+Flags shared with TRL's script keep their names (`--model_name_or_path`, `--dataset_name`, `--use_peft`, `--lora_r`,
+...); YAML files given with `--config` set defaults that command-line flags override. `--model_name_or_path` is a
+backbone (a new judge is built around it) or a saved judge (training continues). After training, the judge is saved
+with `save_judge` to `<output_dir>/judge` (`--judge_output_dir`), as adapter + heads with LoRA, heads alone with
+`--freeze_backbone`, else as a full checkpoint (`--save_form`).
+"""
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import DatasetDict, IterableDatasetDict, load_dataset
+from peft import PeftModel, get_peft_model
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
+
+from .checkpoint import SAVE_FORMS, save_judge
+from .data import helpsteer3_to_preference
+from .modeling import AdaJudgeForRewardModeling
+from .trainer import AdaJudgeRewardConfig, AdaJudgeRewardTrainer
+
+
+DATASET_FORMATS = ("preference", "helpsteer3")
+LOCAL_FILE_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".json.gz": "json",
+    ".jsonl.gz": "json",
+    ".parquet": "parquet",
+}
+
+
+@dataclass
+class AdaJudgeScriptArguments(ScriptArguments):
+    """TRL's script arguments (dataset name, config, splits, streaming) plus the data format and the judge export."""
+
+    dataset_format: str = field(
+        default="preference",
+        metadata={
+            "help": "`preference`: TRL's preference formats (chosen/rejected, optional prompt, or pre-tokenised). "
+            "`helpsteer3`: HelpSteer3 preference rows (context, response1, response2, overall_preference), converted "
+            "with their |overall_preference| as the `strength` column.",
+            "choices": DATASET_FORMATS,
+        },
+    )
+    save_form: str | None = field(
+        default=None,
+        metadata={
+            "help": "Form of the saved judge: `adapter` (LoRA + heads), `heads` (frozen backbone) or `full` (merged). "
+            "None: adapter with --use_peft, heads with --freeze_backbone, else full.",
+            "choices": SAVE_FORMS,
+        },
+    )
+    judge_output_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the saved judge. None: `<output_dir>/judge`."}
+    )
+
+    def __post_init__(self):
+        if self.dataset_format not in DATASET_FORMATS:
+            raise ValueError(f"`dataset_format` must be one of {DATASET_FORMATS}, got {self.dataset_format!r}.")
+        if self.save_form is not None and self.save_form not in SAVE_FORMS:
+            raise ValueError(f"`save_form` must be one of {SAVE_FORMS}, got {self.save_form!r}.")
+
+
+@dataclass
+class AdaJudgeModelConfig(ModelConfig):
+    """TRL's model arguments, with LoRA's task type defaulting to sequence classification (a reward model)."""
+
+    lora_task_type: str = field(
+        default="SEQ_CLS", metadata={"help": "Task type of the LoRA config; a judge is a SEQ_CLS model."}
+    )
+
+
+@dataclass
+class JudgeArguments:
+    """Architecture of a new judge (`AdaJudgeConfig` fields); unset fields keep the config defaults."""
+
+    num_refinement_blocks: int | None = field(
+        default=None, metadata={"help": "K, the refinement blocks of Stage I (paper: 3 for Qwen3, 2 for Phi-3.5)."}
+    )
+    pooling: str | None = field(
+        default=None,
+        metadata={"help": "`adaptive` (routed experts) or a static `last` / `mean` / `attention` baseline."},
+    )
+    head_hidden_size: int | None = field(default=None, metadata={"help": "Width of the score heads and router."})
+    score_head: str | None = field(default=None, metadata={"help": "`mlp` (paper) or `linear`."})
+    refinement_attention: str | None = field(default=None, metadata={"help": "`causal` or `bidirectional`."})
+    attention_pooling_scope: str | None = field(default=None, metadata={"help": "`all` tokens or `response` only."})
+    router_temperature: float | None = field(default=None, metadata={"help": "Softmax temperature of the router."})
+    depth_router_include_input: bool | None = field(
+        default=None, metadata={"help": "Whether the backbone output H0 is a candidate of the depth router."}
+    )
+
+    def to_kwargs(self) -> dict:
+        return {name: value for name, value in vars(self).items() if value is not None}
+
+
+def make_parser(prog: str | None = "adajudge train") -> TrlParser:
+    return TrlParser((AdaJudgeScriptArguments, AdaJudgeRewardConfig, AdaJudgeModelConfig, JudgeArguments), prog=prog)
+
+
+def load_preference_data(script_args: AdaJudgeScriptArguments) -> DatasetDict | IterableDatasetDict:
+    """`--dataset_name` as a local json/jsonl(.gz)/parquet file (one `train` split), a local folder or a Hub dataset."""
+    name = script_args.dataset_name
+    if name is None:
+        raise ValueError(
+            "No dataset: pass `--dataset_name` (a Hub dataset, a folder or a .json/.jsonl/.parquet file)."
+        )
+    path = Path(name).expanduser()
+    if path.is_file():
+        builder = next((b for suffix, b in LOCAL_FILE_BUILDERS.items() if path.name.lower().endswith(suffix)), None)
+        if builder is None:
+            raise ValueError(
+                f"Unsupported dataset file {path.name!r}: use .json, .jsonl (optionally .gz) or .parquet, or a Hub "
+                "dataset name."
+            )
+        dataset = load_dataset(builder, data_files={"train": str(path)}, streaming=script_args.dataset_streaming)
+    else:
+        dataset = load_dataset(name, name=script_args.dataset_config, streaming=script_args.dataset_streaming)
+    if script_args.dataset_format == "helpsteer3":
+        dataset = type(dataset)({split: helpsteer3_to_preference(data) for split, data in dataset.items()})
+    return dataset
+
+
+def _split(dataset: DatasetDict | IterableDatasetDict, split: str, flag: str):
+    if split not in dataset:
+        raise ValueError(
+            f"The dataset has no split {split!r} (splits: {list(dataset)}). Choose one with `--{flag}`"
+            + (" or pass `--eval_strategy no`." if flag == "dataset_test_split" else ".")
+        )
+    return dataset[split]
+
+
+def _model_to_save(trainer: AdaJudgeRewardTrainer) -> AdaJudgeForRewardModeling | PeftModel | None:
+    """The trained model, whole, on the main process (None elsewhere); FSDP / DeepSpeed shards are gathered first."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return model if trainer.accelerator.is_main_process else None
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)  # collective: every process must call it
+    if not trainer.accelerator.is_main_process:
+        return None
+    judge = model.get_base_model() if isinstance(model, PeftModel) else model
+    whole = AdaJudgeForRewardModeling._from_config(judge.config, dtype=judge.dtype)
+    whole.config.base_model_name_or_path = getattr(judge.config, "base_model_name_or_path", None) or (
+        judge.config.name_or_path
+    )
+    if isinstance(model, PeftModel):
+        whole = get_peft_model(whole, model.peft_config[model.active_adapter])
+    whole.load_state_dict(state_dict)
+    return whole
+
+
+def train(
+    script_args: AdaJudgeScriptArguments,
+    training_args: AdaJudgeRewardConfig,
+    model_args: AdaJudgeModelConfig,
+    judge_args: JudgeArguments,
+) -> AdaJudgeRewardTrainer:
+    """Train a judge and save it; returns the trainer."""
+    if not model_args.model_name_or_path:
+        raise ValueError("No model: pass `--model_name_or_path` (a backbone, or a judge saved by `adajudge train`).")
+    model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **judge_args.to_kwargs(),
+    }
+    model_init_kwargs = {key: value for key, value in model_init_kwargs.items() if value is not None}
+    training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
+
+    dataset = load_preference_data(script_args)
+    train_dataset = _split(dataset, script_args.dataset_train_split, "dataset_train_split")
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        eval_dataset = _split(dataset, script_args.dataset_test_split, "dataset_test_split")
+
+    peft_config = get_peft_config(model_args)
+    trainer = AdaJudgeRewardTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=peft_config,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+
+    form = script_args.save_form or (
+        "adapter" if peft_config is not None else "heads" if training_args.freeze_backbone else "full"
+    )
+    judge_dir = script_args.judge_output_dir or os.path.join(training_args.output_dir, "judge")
+    model = _model_to_save(trainer)
+    if model is not None:
+        save_judge(model, judge_dir, form=form, tokenizer=trainer.processing_class, overwrite=True)
+        trainer.accelerator.print(f"Judge saved to {judge_dir} ({form}); load it with `adajudge_hf.load_judge`.")
+    trainer.accelerator.wait_for_everyone()
+    trainer.end()
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    script_args, training_args, model_args, judge_args = parser.parse_args_and_config(argv)
+    train(script_args, training_args, model_args, judge_args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
