@@ -30,7 +30,14 @@ from .report import (
     routing_report,
     write_report,
 )
-from .scoring import DEFAULT_BATCH_TOKENS, ScoringOutput, length_buckets, score_by_length, score_responses
+from .scoring import (
+    DEFAULT_BATCH_TOKENS,
+    ScoringOutput,
+    distributed_state,
+    length_buckets,
+    score_by_length,
+    score_responses,
+)
 
 
 METRICS = ("rm_bench", "judgebench", "pairwise_accuracy")
@@ -54,6 +61,7 @@ __all__ = [
     "EvaluationResult",
     "ScoringOutput",
     "benchmark_metrics",
+    "distributed_state",
     "evaluate_length_baseline",
     "evaluate_model",
     "judgebench_scores",

@@ -12,12 +12,11 @@ import argparse
 import sys
 
 import torch
-from accelerate import PartialState
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import BENCHMARKS, JUDGEBENCH_SPLITS
 from .report import LENGTH_BASELINE, evaluate_length_baseline, evaluate_model, format_summary
-from .scoring import DEFAULT_BATCH_TOKENS
+from .scoring import DEFAULT_BATCH_TOKENS, distributed_state
 
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,7 +74,7 @@ def load_reward_model(name_or_path: str, dtype: str | None = None) -> tuple[PreT
     Importing `adajudge_hf` registers AdaJudge with `AutoModelForSequenceClassification`, so one call loads AdaJudge
     judges and stock reward models alike (and, with PEFT installed, an adapter folder with its base model).
     """
-    device = PartialState().device
+    device = distributed_state().device
     dtype = dtype or ("float32" if device.type == "cpu" else "auto")
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=DTYPES[dtype])
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:  # bad input: a clear message, not a traceback
         print(f"adajudge evaluate: error: {error}", file=sys.stderr)
         return 2
-    if PartialState().is_main_process:
+    if distributed_state().is_main_process:
         print(format_summary(result))
     return 0
 

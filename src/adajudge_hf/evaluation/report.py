@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-from accelerate import PartialState
 from matplotlib.figure import Figure
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -60,7 +59,7 @@ from .metrics import (
     rm_bench_domain,
     rm_bench_scores,
 )
-from .scoring import DEFAULT_BATCH_TOKENS, ScoringOutput, score_by_length, score_responses
+from .scoring import DEFAULT_BATCH_TOKENS, ScoringOutput, distributed_state, score_by_length, score_responses
 
 
 LENGTH_BASELINE = "length-baseline"
@@ -314,8 +313,10 @@ def _finish(
         info=info,
     )
     if output_dir is not None:
-        if PartialState().is_main_process:
+        state = distributed_state()
+        if state.is_main_process:
             write_report(result, output_dir)
+        state.wait_for_everyone()  # every process returns once the report is on disk
         result.output_dir = Path(output_dir)
     return result
 

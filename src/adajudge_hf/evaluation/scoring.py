@@ -75,6 +75,15 @@ class ScoringOutput:
         }
 
 
+def distributed_state() -> PartialState:
+    """Accelerate's process state, which tells how many processes share the work.
+
+    On a machine without an accelerator, `accelerate launch` starts several processes, but `PartialState()` joins them
+    into one process group (gloo) only when told it runs on CPU; without that every process would score everything.
+    """
+    return PartialState(cpu=not torch.accelerator.is_available())
+
+
 def is_adajudge(model: torch.nn.Module) -> bool:
     """Whether `model` is an AdaJudge judge (also behind a PEFT wrapper or loaded as remote code)."""
     return getattr(getattr(model, "config", None), "model_type", None) == AdaJudgeConfig.model_type
@@ -181,7 +190,7 @@ def score_responses(
         raise ValueError(f"Got {len(prompts)} prompts but {len(responses)} responses; they must pair up.")
     if max_length is not None and max_length < 1:
         raise ValueError(f"`max_length` must be >= 1 or None, got {max_length}.")
-    state = PartialState()
+    state = distributed_state()
     adajudge = is_adajudge(model)
     pad_token_id = _padding_id(model, tokenizer, adajudge)
 
