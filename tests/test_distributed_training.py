@@ -1,0 +1,49 @@
+"""Two accelerate processes (DDP over gloo) train the tiny judge along the loss curve of one process.
+
+On a CPU-only machine `accelerate launch --multi_gpu --num_processes 2` runs torchrun with two processes and gloo,
+while `--cpu --num_processes 2` silently runs one: the script asserts a world size of 2, and so does this test.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+SCRIPT = Path(__file__).parent / "scripts" / "train_distributed.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(command: list[str], output_dir: Path) -> list[dict]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return [log for log in json.loads((output_dir / "log_history.json").read_text()) if "loss" in log]
+
+
+@pytest.mark.slow
+def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(tmp_path):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    single, double = tmp_path / "one", tmp_path / "two"
+    one = run([sys.executable, str(SCRIPT), "1", "8", str(single)], single)
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    two = run(launch + [str(SCRIPT), "2", "4", str(double)], double)
+
+    assert [json.loads((double / f"rank{rank}.json").read_text())["num_processes"] for rank in (0, 1)] == [2, 2]
+    assert [log["step"] for log in two] == [log["step"] for log in one] == list(range(1, 7))
+    for one_log, two_log in zip(one, two):
+        assert two_log["loss"] == pytest.approx(one_log["loss"], rel=1e-4, abs=1e-5), (one_log, two_log)
+        assert two_log["accuracy"] == pytest.approx(one_log["accuracy"], abs=1e-6)
+        assert two_log["router_entropy"] == pytest.approx(one_log["router_entropy"], rel=1e-4)
+    assert one[-1]["loss"] < one[0]["loss"]  # it trains
