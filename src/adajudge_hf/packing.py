@@ -79,7 +79,6 @@ def pad_packed(
     return {key: torch.tensor(values) for key, values in batch.items()}
 
 
-@torch.inference_mode()
 def score_best_of_n(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -91,19 +90,31 @@ def score_best_of_n(
 ) -> dict[str, torch.Tensor | None]:
     """Rewards (N,), routing weights pi (N, E) and depth weights alpha (N, C) of N responses to one prompt.
 
-    The prompt is encoded once per packed row; responses are packed in order until a row would exceed
-    `max_tokens_per_row`, then a new row starts (each row repeats the prompt). Results equal independent scoring.
-    Models that cannot take packed inputs (bidirectional refinement, FlashAttention backbones) are scored one
-    response per row instead, with a one-time notice.
+    The responses are encoded like independent [prompt; response] rows (`encode_prompt_response`) and scored with the
+    prompt shared (`score_packed_ids`), so the results equal independent scoring.
     """
-    encoded = [encode_prompt_response(tokenizer, prompt, response, max_length) for response in responses]
-    prompt_ids = encoded[0].input_ids[: encoded[0].prompt_length]
-    if any(e.truncated or e.input_ids[: e.prompt_length] != prompt_ids for e in encoded):
-        raise ValueError(
-            "The responses do not share one encoded prompt (truncation cut them differently, or the chat template "
-            "renders the prompt differently per response); score them with the regular scorer instead."
-        )
-    responses_ids = [e.input_ids[e.prompt_length :] for e in encoded]
+    input_ids, segment_ids, _ = encode_packed(tokenizer, prompt, responses, max_length)
+    prompt_ids = [token for token, segment in zip(input_ids, segment_ids) if segment == 0]
+    responses_ids = [
+        [token for token, segment in zip(input_ids, segment_ids) if segment == s] for s in range(1, len(responses) + 1)
+    ]
+    return score_packed_ids(model, prompt_ids, responses_ids, max_tokens_per_row, show_progress)
+
+
+@torch.inference_mode()
+def score_packed_ids(
+    model: PreTrainedModel,
+    prompt_ids: list[int],
+    responses_ids: list[list[int]],
+    max_tokens_per_row: int = 8192,
+    show_progress: bool = False,
+) -> dict[str, torch.Tensor | None]:
+    """Score token-level responses to one prompt, packing them in order into rows of at most `max_tokens_per_row`.
+
+    Each row repeats the prompt once, so a prompt is encoded once per row rather than once per response. Models that
+    cannot take packed inputs (bidirectional refinement, FlashAttention backbones) get one response per row, with a
+    one-time notice.
+    """
     packable = getattr(model, "supports_packed_inputs", False)
     if not packable:
         logger.warning_once(
