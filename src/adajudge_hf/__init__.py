@@ -1,8 +1,11 @@
 """adajudge_hf: AdaJudge reward models for the Hugging Face stack.
 
 Importing the package registers `AdaJudgeConfig` with `AutoConfig` and `AdaJudgeForRewardModeling` with `AutoModel`
-and `AutoModelForSequenceClassification`, so saved judges load without `trust_remote_code`.
+and `AutoModelForSequenceClassification`, so saved judges load without `trust_remote_code`. The training, checkpoint
+and packing helpers are imported on first use, so `import adajudge_hf` stays as light as importing transformers.
 """
+
+import importlib
 
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
@@ -18,4 +21,27 @@ AutoModelForSequenceClassification.register(AdaJudgeConfig, AdaJudgeForRewardMod
 AdaJudgeConfig.register_for_auto_class("AutoConfig")
 AdaJudgeForRewardModeling.register_for_auto_class("AutoModel")
 
-__all__ = ["AdaJudgeConfig", "AdaJudgeForRewardModeling", "AdaJudgePreTrainedModel", "AdaJudgeRewardOutput"]
+_LAZY = {
+    "AdaJudgeRewardConfig": "trainer",
+    "AdaJudgeRewardTrainer": "trainer",
+    "adajudge_lora_config": "lora",
+    "save_judge": "checkpoint",
+    "load_judge": "checkpoint",
+    "score_best_of_n": "packing",
+    "push_judge": "hub",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "AdaJudgeConfig",
+    "AdaJudgeForRewardModeling",
+    "AdaJudgePreTrainedModel",
+    "AdaJudgeRewardOutput",
+    *_LAZY,
+]
