@@ -117,6 +117,7 @@ def test_max_length_keeps_the_end_of_the_response_and_counts_truncations(judge, 
     assert output.num_truncated == sum(length > 24 for length in lengths) > 0
     assert output.num_tokens == sum(min(length, 24) for length in lengths)
     assert output.stats()["max_length"] == 24
+    assert 0 < output.stats()["encode_seconds"] <= output.stats()["seconds"]
 
 
 def test_bad_arguments_are_rejected(judge, tiny_tokenizer):

@@ -34,6 +34,7 @@ class ScoringOutput:
 
     `routing_weights` (N, E) are the pooling-router weights pi over `experts`, `depth_weights` (N, K) the depth-router
     weights alpha over `depth_candidates`; both are None for models that are not AdaJudge judges (and alpha when K = 0).
+    `seconds` is the wall-clock time of the slowest process, of which `encode_seconds` went to tokenization.
     """
 
     rewards: torch.Tensor
@@ -46,6 +47,7 @@ class ScoringOutput:
     num_truncated: int = 0
     num_processes: int = 1
     seconds: float = 0.0
+    encode_seconds: float = 0.0
     max_length: int | None = None
     batch_tokens: int | None = None
 
@@ -69,6 +71,7 @@ class ScoringOutput:
             "num_truncated": self.num_truncated,
             "num_processes": self.num_processes,
             "seconds": self.seconds,
+            "encode_seconds": self.encode_seconds,
             "tokens_per_second": self.tokens_per_second,
             "max_length": self.max_length,
             "batch_tokens": self.batch_tokens,
@@ -199,6 +202,7 @@ def score_responses(
     encoded = {
         index: encode_prompt_response(tokenizer, prompts[index], responses[index], max_length) for index in mine
     }
+    encode_seconds = time.perf_counter() - start
     batches = length_buckets([len(encoded[index].input_ids) for index in mine], batch_tokens)
     batches = [[mine[position] for position in batch] for batch in batches]
     was_training = model.training
@@ -216,13 +220,14 @@ def score_responses(
             sum(len(batch) * len(encoded[batch[0]].input_ids) for batch in batches),
             sum(example.truncated for example in encoded.values()),
             time.perf_counter() - start,
+            encode_seconds,
         )
     ]
     if state.num_processes > 1:
         results, local_stats = gather_object(results), gather_object(local_stats)
     results.sort(key=lambda result: result[0])
     num_truncated = sum(stats[2] for stats in local_stats)
-    if num_truncated:
+    if num_truncated and state.is_main_process:
         logger.warning(
             f"{num_truncated} of {len(prompts)} examples were longer than max_length={max_length} and lost the start "
             "of their prompt (or response); raise `max_length` to score them whole."
@@ -244,6 +249,7 @@ def score_responses(
         num_truncated=num_truncated,
         num_processes=state.num_processes,
         seconds=max(stats[3] for stats in local_stats),
+        encode_seconds=max(stats[4] for stats in local_stats),
         max_length=max_length,
         batch_tokens=batch_tokens,
     )
