@@ -95,6 +95,23 @@ def test_rm_bench_report_is_written_and_consistent(judge_folder, shared_benchmar
         assert loaded["score_chosen"] == pytest.approx(saved["score_chosen"], abs=1e-5)
 
 
+def test_heads_only_judge_folder_loads_through_load_judge(tmp_path, tiny_tokenizer):
+    from adajudge_hf import AdaJudgeForRewardModeling
+    from adajudge_hf.checkpoint import save_judge
+    from adajudge_hf.testing import save_tiny_causal_lm
+
+    backbone = save_tiny_causal_lm(tmp_path / "backbone")
+    judge = randomize_head(AdaJudgeForRewardModeling.from_backbone(backbone).eval(), seed=2)
+    folder = save_judge(judge, tmp_path / "heads", form="heads", tokenizer=tiny_tokenizer)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "2 + 2?", "chosen": "4", "rejected": "5"}] * 3)
+    out = tmp_path / "report"
+    argv = ["--model", str(folder), "--benchmark", "pairs", "--data", str(pairs), "--output-dir", str(out)]
+    assert main(argv) == 0
+    expected = evaluate_model(judge, tiny_tokenizer, "pairs", pairs).records
+    for saved, in_memory in zip(read_report(out)[1], expected):
+        assert saved["score_chosen"] == pytest.approx(in_memory["score_chosen"], abs=1e-5)
+
+
 def test_judgebench_report_of_a_stock_reward_model(stock_rm_folder, shared_benchmarks, tmp_path):
     out = tmp_path / "report"
     data = shared_benchmarks / "judgebench"

@@ -10,10 +10,19 @@ The files written are described in `adajudge_hf.evaluation.report`.
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
+from ..checkpoint import load_judge
+from ..modeling import AdaJudgeConfig
 from .data import BENCHMARKS, JUDGEBENCH_SPLITS
 from .report import LENGTH_BASELINE, evaluate_length_baseline, evaluate_model, format_summary
 from .scoring import DEFAULT_BATCH_TOKENS, distributed_state
@@ -71,13 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
 def load_reward_model(name_or_path: str, dtype: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a reward model and its tokenizer onto this process's device.
 
-    Importing `adajudge_hf` registers AdaJudge with `AutoModelForSequenceClassification`, so one call loads AdaJudge
-    judges and stock reward models alike (and, with PEFT installed, an adapter folder with its base model).
+    A local AdaJudge folder goes through `load_judge`, which reads every save form (full, adapter + heads, heads
+    only). Anything else, Hub ids included, goes through `AutoModelForSequenceClassification`, with which importing
+    `adajudge_hf` registers AdaJudge, so full AdaJudge checkpoints and stock reward models load alike.
     """
     device = distributed_state().device
-    dtype = dtype or ("float32" if device.type == "cpu" else "auto")
+    dtype = DTYPES[dtype or ("float32" if device.type == "cpu" else "auto")]
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=DTYPES[dtype])
+    folder = Path(name_or_path)
+    is_judge_folder = (folder / "config.json").is_file() and (
+        PreTrainedConfig.get_config_dict(str(folder))[0].get("model_type") == AdaJudgeConfig.model_type
+    )
+    if is_judge_folder:
+        model = load_judge(folder, dtype=dtype)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype)
     if model.config.num_labels != 1:
         raise ValueError(
             f"{name_or_path} is a classifier with {model.config.num_labels} labels, not a reward model (num_labels=1)."
