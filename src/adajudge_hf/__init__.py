@@ -29,6 +29,13 @@ _LAZY = {
     "load_judge": "checkpoint",
     "score_best_of_n": "packing",
     "push_judge": "hub",
+    "evaluate_model": "evaluation",
+    "evaluate_length_baseline": "evaluation",
+    "score_responses": "evaluation",
+    "load_benchmark": "evaluation",
+    "rm_bench_scores": "evaluation",
+    "judgebench_scores": "evaluation",
+    "pairwise_accuracy": "evaluation",
 }
 
 

@@ -25,7 +25,7 @@ from .backbones import DEFAULT_BACKBONE, resolve_backbone
 from .checkpoint import save_judge
 from .embedded_data import load_embedded_preferences
 from .evaluation.data import limit_per_group, load_benchmark, load_preference_pairs
-from .evaluation.report import _finish, as_chat, benchmark_examples, format_summary
+from .evaluation.report import as_chat, benchmark_examples, format_summary, report_scores
 from .evaluation.scoring import ScoringOutput, depth_candidate_names
 from .features import PackedFeatures, extract_features, score_features, train_heads
 from .hub import render_card
@@ -170,7 +170,7 @@ def run(args: DemoArguments) -> dict:
         for label, (benchmark, dataset) in benchmarks.items():
             scored = score_features(judge, eval_features[label])
             report_dir = output_dir / "eval" / _slug(name) / benchmark
-            result = _finish(benchmark, dataset, scoring_output(judge, scored), {"model": name}, report_dir)
+            result = report_scores(benchmark, dataset, scoring_output(judge, scored), {"model": name}, report_dir)
             row[label] = result.metrics
             print("  " + format_summary(result).replace("\n", "\n  "))
         table[name] = row

@@ -27,6 +27,7 @@ from .report import (
     benchmark_metrics,
     evaluate_length_baseline,
     evaluate_model,
+    report_scores,
     routing_report,
     write_report,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "metric_path",
     "pairwise_accuracy",
     "parse_hh_rlhf_transcript",
+    "report_scores",
     "rm_bench_scores",
     "routing_report",
     "score_by_length",

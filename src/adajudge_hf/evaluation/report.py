@@ -291,13 +291,15 @@ def write_report(result: EvaluationResult, output_dir: str | os.PathLike) -> Pat
     return output_dir
 
 
-def _finish(
+def report_scores(
     benchmark: str,
     dataset: datasets.Dataset,
     scores: ScoringOutput,
     info: dict,
     output_dir: str | os.PathLike | None,
 ) -> EvaluationResult:
+    """Metrics, per-item records and routing report of `scores` (the rewards of `benchmark_examples(dataset)`, in
+    order), written to `output_dir` when given. For rewards computed elsewhere, e.g. from cached backbone features."""
     records = _records(benchmark, dataset, scores)
     routing = (
         routing_report(benchmark, records, scores.experts, scores.depth_candidates)
@@ -359,7 +361,7 @@ def evaluate_model(
         show_progress=show_progress,
     )
     info = {"model": getattr(model, "name_or_path", None) or None, "data": _data_name(data), "split": split}
-    return _finish(benchmark, dataset, scores, info, output_dir)
+    return report_scores(benchmark, dataset, scores, info, output_dir)
 
 
 def evaluate_length_baseline(
@@ -378,7 +380,7 @@ def evaluate_length_baseline(
     dataset = _prepare_dataset(benchmark, data, split, limit)
     _, responses = benchmark_examples(benchmark, dataset)
     info = {"model": LENGTH_BASELINE, "data": _data_name(data), "split": split}
-    return _finish(benchmark, dataset, score_by_length(responses), info, output_dir)
+    return report_scores(benchmark, dataset, score_by_length(responses), info, output_dir)
 
 
 def format_summary(result: EvaluationResult) -> str:
