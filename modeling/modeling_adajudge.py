@@ -86,7 +86,8 @@ class AdaJudgeRefinementBlock(GradientCheckpointingLayer):
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`attention_mask` is a (B, 1, L, L) boolean "may attend" mask, or None when no row is padded."""
         batch_size, seq_len, hidden_size = hidden_states.shape
-        q, k, v = self.attn_qkv(self.attn_norm(hidden_states)).split(hidden_size, dim=-1)  # 3 x (B, L, D)
+        # Norms in fp32 (a no-op for fp32 states); under autocast the projections then run in half precision.
+        q, k, v = self.attn_qkv(self.attn_norm(hidden_states.float())).split(hidden_size, dim=-1)  # 3 x (B, L, D)
         q, k, v = (
             t.view(batch_size, seq_len, self.num_heads, -1).transpose(1, 2) for t in (q, k, v)
         )  # (B, nh, L, hd)
@@ -96,7 +97,7 @@ class AdaJudgeRefinementBlock(GradientCheckpointingLayer):
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)  # (B, nh, L, hd)
         attended = attended.transpose(1, 2).reshape(batch_size, seq_len, hidden_size)  # (B, L, D)
         hidden_states = hidden_states + self.attn_out(attended)
-        gate, up = self.ffn_in(self.ffn_norm(hidden_states)).chunk(2, dim=-1)  # 2 x (B, L, I)
+        gate, up = self.ffn_in(self.ffn_norm(hidden_states.float())).chunk(2, dim=-1)  # 2 x (B, L, I)
         return hidden_states + self.ffn_out(F.silu(gate) * up)
 
 
@@ -561,13 +562,18 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
 
     def _score(self, hidden_states: torch.Tensor, layout: dict[str, torch.Tensor | None]) -> AdaJudgeRewardOutput:
         head_dtype = next(self.judge_head.parameters()).dtype
-        reward, expert_scores, routing_weights, depth_weights = self.judge_head(
-            hidden_states.to(head_dtype),
-            layout["prompt_mask"],
-            layout["response_masks"],
-            layout["context_masks"],
-            layout["block_mask"],
-        )
+        # Mixed precision, as Trainer's `bf16=True` does: the heads keep fp32 weights, but behind a half-precision
+        # backbone their matmuls run in that dtype (fp32 matmuls are many times slower on tensor-core GPUs). The
+        # routers' softmaxes and the reward stay in fp32.
+        half = hidden_states.dtype in (torch.bfloat16, torch.float16) and head_dtype == torch.float32
+        with torch.autocast(hidden_states.device.type, dtype=hidden_states.dtype, enabled=half):
+            reward, expert_scores, routing_weights, depth_weights = self.judge_head(
+                hidden_states if half else hidden_states.to(head_dtype),
+                layout["prompt_mask"],
+                layout["response_masks"],
+                layout["context_masks"],
+                layout["block_mask"],
+            )
 
         def responses_first(tensor: torch.Tensor) -> torch.Tensor:  # (B, N, ...) -> (N * B, ...)
             return tensor.transpose(0, 1).reshape(-1, *tensor.shape[2:])
