@@ -138,7 +138,9 @@ def test_pairs_report_from_hh_rlhf_transcripts(judge_folder, shared_benchmarks, 
     assert metrics["metrics"]["num_pairs"] == 6
     assert metrics["metrics"] == benchmark_metrics("pairs", records)
     assert metrics["metrics"]["ci_low"] <= metrics["metrics"]["accuracy"] <= metrics["metrics"]["ci_high"]
-    assert list(json.loads((out / "routing.json").read_text())["groups"]) == ["all"]
+    routing = json.loads((out / "routing.json").read_text())
+    assert list(routing["groups"]) == ["all"]
+    assert routing["groups"]["all"]["num_responses"] == 12  # each response counted once
 
 
 def test_length_baseline_reproduces_the_documented_figures(shared_benchmarks, tmp_path, capsys):

@@ -205,7 +205,7 @@ def routing_report(
             pi = [pi] if isinstance(where, int) else pi
             alpha = [None] * len(pi) if alpha is None else [alpha] if isinstance(where, int) else alpha
             pis, alphas = pis + pi, alphas + alpha
-        for group in (_group(benchmark, record), "all"):
+        for group in dict.fromkeys((_group(benchmark, record), "all")):  # pairs have no group but "all"
             group_pis, group_alphas = vectors.setdefault(group, ([], []))
             group_pis.extend(pis)
             group_alphas.extend(alphas)
