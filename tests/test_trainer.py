@@ -127,7 +127,6 @@ def test_training_logs_trls_metrics_and_the_routing(tiny_tokenizer, tmp_path):
     assert {f"eval_{key}" for key in expected - {"num_tokens"}} <= evaluation.keys()
 
 
-@pytest.mark.slow
 def test_tiny_judge_learns_a_synthetic_preference_and_the_entropy_floor_holds(tiny_tokenizer, tmp_path):
     dataset = synthetic_pairs(64)
     entropies = {}
@@ -281,7 +280,7 @@ def test_a_nan_gradient_stops_training_before_the_optimizer_step(tiny_tokenizer,
     assert all(torch.equal(p, before[name]) for name, p in judge.named_parameters())
 
 
-@pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("lora", [False, True])
 def test_resume_from_checkpoint_reaches_the_same_final_weights(tiny_tokenizer, tmp_path, lora):
     dataset = synthetic_pairs(16)
     args = make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, head_learning_rate=3e-3)

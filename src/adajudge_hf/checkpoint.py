@@ -108,14 +108,11 @@ def _save_config(judge: AdaJudgeForRewardModeling, folder: Path, base_model_name
     config.save_pretrained(folder)
 
 
-def _base_model_name_or_path(judge: AdaJudgeForRewardModeling, explicit: str | None) -> str:
+def _base_model_name_or_path(judge: AdaJudgeForRewardModeling, explicit: str | None) -> str | None:
+    """The backbone the judge was built on: `explicit`, else recorded in its config, else where it was loaded from."""
     base = explicit or getattr(judge.config, "base_model_name_or_path", None) or judge.config.name_or_path
     if not base:
-        raise ValueError(
-            "The backbone this judge was built on is unknown (the model was not loaded with `from_backbone` / "
-            "`from_pretrained`), so the saved folder could not be loaded again. Pass `base_model_name_or_path=` (the "
-            "Hub id or folder of the backbone), or save with `form='full'`."
-        )
+        return None
     return str(Path(base).resolve()) if Path(base).is_dir() else str(base)
 
 
@@ -148,12 +145,21 @@ def save_judge(
             "or form='full' (merged)."
         )
 
+    base = _base_model_name_or_path(judge, base_model_name_or_path)
+    if base is None and form != "full":
+        raise ValueError(
+            "The backbone this judge was built on is unknown (the model was not loaded with `from_backbone` / "
+            "`from_pretrained`), so the saved folder could not be loaded again. Pass `base_model_name_or_path=` (the "
+            "Hub id or folder of the backbone), or save with `form='full'`."
+        )
+
     with atomic_folder(output_dir, overwrite=overwrite) as staging:
         if form == "full":
             merged = copy.deepcopy(model).merge_and_unload() if is_peft else judge
+            if base is not None:  # for model cards; the folder itself needs no backbone
+                merged.config.base_model_name_or_path = base
             merged.save_pretrained(staging)
         else:
-            base = _base_model_name_or_path(judge, base_model_name_or_path)
             _save_heads(head, staging / HEADS_FILE)
             _save_config(judge, staging, base)
             if form == "adapter":

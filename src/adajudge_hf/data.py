@@ -80,6 +80,7 @@ def _check_columns(column_names: list[str], strength_column: str | None) -> bool
 
 
 def _encode_text_pair(example: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int | None):
+    """(chosen, rejected) encodings of a text or chat pair; None when a response is empty."""
     example = maybe_extract_prompt(example)
     prompt, chosen, rejected = example.get("prompt"), example["chosen"], example["rejected"]
     if _is_empty_response(chosen) or _is_empty_response(rejected):
@@ -91,12 +92,13 @@ def _encode_text_pair(example: dict[str, Any], tokenizer: PreTrainedTokenizerBas
 
 
 def _encode_tokenised_pair(
-    example: dict[str, Any], index: int, max_length: int | None, bos_token_id: int | None, use_common_prefix: bool
+    example: dict[str, Any], index: int, max_length: int | None, bos_token_id: int | None, boundary: str
 ):
+    """(chosen, rejected) of a pre-tokenised pair, prompt lengths from `boundary`; None when a response is empty."""
     chosen_ids, rejected_ids = list(example["chosen_ids"]), list(example["rejected_ids"])
-    if "chosen_prompt_length" in example:
+    if boundary == "per_row":
         lengths = (example["chosen_prompt_length"], example["rejected_prompt_length"])
-    elif not use_common_prefix:
+    elif boundary == "shared":
         lengths = (example["prompt_length"], example["prompt_length"])
     else:
         # An upper bound on the prompt (shared leading response tokens count as prompt); keep >= 1 response token.
@@ -121,12 +123,11 @@ def _prepare_example(
     index: int,
     tokenizer: PreTrainedTokenizerBase,
     max_length: int | None,
-    pre_tokenised: bool,
-    use_common_prefix: bool,
+    boundary: str | None,
     strength_column: str | None,
 ) -> dict[str, Any]:
-    if pre_tokenised:
-        encoded = _encode_tokenised_pair(example, index, max_length, tokenizer.bos_token_id, use_common_prefix)
+    if boundary is not None:
+        encoded = _encode_tokenised_pair(example, index, max_length, tokenizer.bos_token_id, boundary)
     else:
         encoded = _encode_text_pair(example, tokenizer, max_length)
     output = {}
@@ -184,10 +185,15 @@ def prepare_preference_dataset(
         dataset = dataset.rename_columns({"chosen_input_ids": "chosen_ids", "rejected_input_ids": "rejected_ids"})
         column_names = get_dataset_column_names(dataset)
     pre_tokenised = _check_columns(column_names, strength_column)
-    use_common_prefix = pre_tokenised and not (
-        "prompt_length" in column_names or {"chosen_prompt_length", "rejected_prompt_length"} <= set(column_names)
-    )
-    if use_common_prefix:
+    boundary = None  # text and chat data: exact, from encoding prompt and response separately
+    if pre_tokenised:
+        if {"chosen_prompt_length", "rejected_prompt_length"} <= set(column_names):
+            boundary = "per_row"
+        elif "prompt_length" in column_names:
+            boundary = "shared"
+        else:
+            boundary = "common_prefix"
+    if boundary == "common_prefix":
         logger.warning(
             f"The pre-tokenised {dataset_name} dataset has no `prompt_length` column: the prompt is taken to be the "
             "common prefix of `chosen_ids` and `rejected_ids`, which also counts any shared start of the responses. "
@@ -209,8 +215,7 @@ def prepare_preference_dataset(
         fn_kwargs={
             "tokenizer": tokenizer,
             "max_length": max_length,
-            "pre_tokenised": pre_tokenised,
-            "use_common_prefix": use_common_prefix,
+            "boundary": boundary,
             "strength_column": strength_column,
         },
         remove_columns=[name for name in column_names if name not in keep and name not in PREPARED_COLUMNS],

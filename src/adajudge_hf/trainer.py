@@ -219,11 +219,6 @@ class AdaJudgeRewardTrainer(RewardTrainer):
             model = self._load_model(model, args, processing_class, quantization_config)
             quantization_config = None
         judge = _judge_of(model)
-        if processing_class is None and not judge.config.name_or_path:
-            raise ValueError(
-                "Pass the tokenizer as `processing_class`: this judge was built from a config, so there is no "
-                "checkpoint to load one from."
-            )
 
         if args.freeze_backbone:
             if peft_config is not None or isinstance(model, PeftModel):
@@ -252,6 +247,11 @@ class AdaJudgeRewardTrainer(RewardTrainer):
             self.loss_hyperparameters[name] = value
         validate_loss_hyperparameters(**self.loss_hyperparameters)
 
+        if processing_class is None and not judge.config.name_or_path:
+            raise ValueError(
+                "Pass the tokenizer as `processing_class`: this judge was built from a config, so there is no "
+                "checkpoint to load one from."
+            )
         if built_here:  # TRL would warn that `model_init_kwargs` are ignored: they were used above
             args.model_init_kwargs = None
         try:
