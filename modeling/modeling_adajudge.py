@@ -359,7 +359,8 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
 
         Example: `AdaJudgeForRewardModeling.from_backbone("Qwen/Qwen3-8B", num_refinement_blocks=3, dtype="bfloat16")`
         """
-        config_fields = AdaJudgeConfig.__dataclass_fields__.keys() - {"text_config"}
+        # AdaJudge's own fields only: inherited ones such as `dtype` belong to `from_pretrained`.
+        config_fields = AdaJudgeConfig.__annotations__.keys() - {"text_config"}
         config_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in config_fields}
         hub_kwargs = {
             key: kwargs[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs
@@ -387,6 +388,8 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
         finally:
             cls._keys_to_ignore_on_load_missing, cls._keys_to_ignore_on_load_unexpected = saved
         model.config.text_config.pad_token_id = config.pad_token_id
+        # Fresh heads are created in the load dtype; `_keep_in_fp32_modules_strict` only covers loaded tensors.
+        model.judge_head.to(torch.float32)
         return model
 
     def _locate_response(

@@ -241,6 +241,12 @@ def test_from_backbone_loads_backbone_weights_and_fresh_heads(tmp_path):
     assert judge.judge_head.refinement_blocks[0].attn_out.weight.abs().sum() == 0
 
 
+def test_from_backbone_in_bf16_keeps_heads_in_fp32(tmp_path):
+    judge = AdaJudgeForRewardModeling.from_backbone(save_tiny_causal_lm(tmp_path / "backbone"), dtype=torch.bfloat16)
+    assert judge.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in judge.judge_head.parameters()} == {torch.float32}
+
+
 def test_bf16_loading_keeps_heads_in_fp32(make_judge, tiny_tokenizer, tmp_path):
     randomize_head(make_judge()).save_pretrained(tmp_path)
     model = AdaJudgeForRewardModeling.from_pretrained(tmp_path, dtype=torch.bfloat16)
