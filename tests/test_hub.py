@@ -288,11 +288,6 @@ def test_full_form_loads_by_repo_id_offline_with_identical_rewards(hub, tmp_path
     assert namespace["score"] == pytest.approx(reference, abs=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="checkpoint.load_judge takes local folders only; it must snapshot_download a repo id first",
-)
 @pytest.mark.parametrize("form", ["adapter", "heads"])
 def test_adapter_and_heads_forms_load_by_repo_id_offline(hub, tmp_path, backbone_dir, form, monkeypatch):
     checkpoint, expected = saved_judge(tmp_path, backbone_dir, form)

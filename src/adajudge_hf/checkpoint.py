@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
 from peft import PeftModel
 from peft.utils import ModulesToSaveWrapper, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
@@ -101,10 +102,12 @@ def _save_heads(head: torch.nn.Module, path: Path) -> None:
     save_file(state, path, metadata={"format": "pt"})
 
 
-def _save_config(judge: AdaJudgeForRewardModeling, folder: Path, base_model_name_or_path: str) -> None:
+def _save_config(judge: AdaJudgeForRewardModeling, folder: Path, base_model_name_or_path: str, form: str) -> None:
     config = copy.deepcopy(judge.config)
     config.base_model_name_or_path = base_model_name_or_path
     config.architectures = [type(judge).__name__]
+    if form != "full":  # these folders carry no modeling file: `load_judge` (the package) loads them, not remote code
+        config.auto_map = None
     config.save_pretrained(folder)
 
 
@@ -161,7 +164,7 @@ def save_judge(
             merged.save_pretrained(staging)
         else:
             _save_heads(head, staging / HEADS_FILE)
-            _save_config(judge, staging, base)
+            _save_config(judge, staging, base, form)
             if form == "adapter":
                 adapter_name = model.active_adapter
                 state = get_peft_model_state_dict(model, adapter_name=adapter_name)
@@ -238,9 +241,19 @@ def load_judge(path: str | os.PathLike, **from_pretrained_kwargs) -> AdaJudgeFor
     `from_pretrained_kwargs` go to `from_pretrained` of the full checkpoint or of the backbone (`dtype`,
     `device_map`, `attn_implementation`, ...); `base_model_name_or_path=` overrides the backbone recorded in the
     config (e.g. a local copy of the Hub backbone). Adapters are merged into the returned model.
+
+    `path` may also be a Hub repo id (`load_judge("org/adajudge-qwen3-8b-adapter")`): the repo is fetched with
+    `snapshot_download` (`revision`, `token` and `cache_dir` apply to it; with `HF_HUB_OFFLINE=1` it comes from the
+    cache), and the backbone it names is fetched by `from_pretrained` as usual.
     """
-    path = Path(path)
     base_override = from_pretrained_kwargs.pop("base_model_name_or_path", None)
+    if not Path(path).is_dir():
+        revision = from_pretrained_kwargs.pop("revision", None)
+        hub_kwargs = {
+            key: from_pretrained_kwargs[key] for key in ("token", "cache_dir") if key in from_pretrained_kwargs
+        }
+        path = snapshot_download(str(path), revision=revision, **hub_kwargs)
+    path = Path(path)
     form = detect_judge_form(path)
     if form == "full":
         judge, info = AdaJudgeForRewardModeling.from_pretrained(
