@@ -368,3 +368,37 @@ def test_bad_input_is_reported(tiny_tokenizer, tmp_path, caplog):
             RewardConfig(str(tmp_path), bf16=False, use_cpu=True, report_to="none"),
             train_dataset=synthetic_pairs(4),
         )
+
+
+def test_packed_layout_gives_the_same_loss_and_gradients(tiny_tokenizer, tmp_path):
+    """Issue 9: one row [prompt; chosen; rejected] per pair, same loss and gradients as the plain layout."""
+    dataset = synthetic_pairs(8, margin=[0.0, 0.5] * 4)
+    results = []
+    for packed in (False, True):
+        judge = new_judge(tiny_tokenizer, num_refinement_blocks=2)
+        with torch.no_grad():  # non-zero heads, so every path carries gradient
+            for parameter in judge.judge_head.parameters():
+                parameter.add_(0.1 * torch.randn_like(parameter))
+        args = make_args(tmp_path / str(packed), packed=packed, max_length=24)  # truncation cuts some prompts
+        trainer = AdaJudgeRewardTrainer(judge, args, train_dataset=dataset, processing_class=tiny_tokenizer)
+        batch = next(iter(trainer.get_train_dataloader()))
+        assert ("segment_ids" in batch) is packed
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.judge_head.named_parameters()}
+        results.append((loss.detach(), grads, int(batch["attention_mask"].sum())))
+    (plain_loss, plain_grads, plain_tokens), (packed_loss, packed_grads, packed_tokens) = results
+    assert packed_tokens < plain_tokens  # the prompt is encoded once per pair
+    torch.testing.assert_close(packed_loss, plain_loss, atol=1e-5, rtol=1e-5)
+    for name in plain_grads:
+        torch.testing.assert_close(packed_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_packed_layout_falls_back_where_it_cannot_apply(tiny_tokenizer, tmp_path, caplog):
+    judge = new_judge(tiny_tokenizer, refinement_attention="bidirectional")
+    with caplog.at_level(logging.WARNING):
+        trainer = AdaJudgeRewardTrainer(
+            judge, make_args(tmp_path, packed=True), train_dataset=synthetic_pairs(4), processing_class=tiny_tokenizer
+        )
+    assert "plain layout" in caplog.text
+    assert "prompt_lengths" in next(iter(trainer.get_train_dataloader()))

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from trl.data_utils import common_prefix_length, get_dataset_column_names, is_conversational, maybe_extract_prompt
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
+from .packing import pack_responses, pad_packed
 from .tokenization import encode_prompt_response, truncate_left
 
 
@@ -289,7 +290,13 @@ class DataCollatorForAdaJudge(DataCollatorForPreference):
 
     Adds `prompt_lengths` (2B,), the number of prompt tokens of each row in TRL's order (B chosen rows, then B
     rejected rows), and `strength` (B,) when the examples have one. Rows are right-padded as in TRL.
+
+    With `packed=True` each pair becomes one row [prompt; chosen; rejected] with `segment_ids` (0 prompt, 1 chosen,
+    2 rejected): the prompt is encoded once and the model returns the same chosen-then-rejected rewards. When
+    truncation cut the two prompts differently, the shorter cut is shared.
     """
+
+    packed: bool = False
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         if "chosen_prompt_length" not in examples[0] or "rejected_prompt_length" not in examples[0]:
@@ -297,14 +304,36 @@ class DataCollatorForAdaJudge(DataCollatorForPreference):
                 "Examples lack `chosen_prompt_length` / `rejected_prompt_length`: prepare the dataset with "
                 "`adajudge_hf.data.prepare_preference_dataset` (AdaJudgeRewardTrainer does it for you)."
             )
-        output = super().torch_call(examples)
-        output["prompt_lengths"] = torch.tensor(
-            [example["chosen_prompt_length"] for example in examples]
-            + [example["rejected_prompt_length"] for example in examples]
-        )  # (2B,)
+        if self.packed:
+            output = pad_packed([self._pack(example) for example in examples], self.pad_token_id)
+            if "margin" in examples[0]:
+                output["margin"] = torch.tensor([example["margin"] for example in examples], dtype=torch.float)
+        else:
+            output = super().torch_call(examples)
+            output["prompt_lengths"] = torch.tensor(
+                [example["chosen_prompt_length"] for example in examples]
+                + [example["rejected_prompt_length"] for example in examples]
+            )  # (2B,)
         if STRENGTH in examples[0]:
             output[STRENGTH] = torch.tensor([example[STRENGTH] for example in examples], dtype=torch.float)  # (B,)
         return output
+
+    @staticmethod
+    def _pack(example: dict[str, Any]) -> tuple[list[int], list[int]]:
+        chosen, rejected = example["chosen_ids"], example["rejected_ids"]
+        chosen_prompt, rejected_prompt = example["chosen_prompt_length"], example["rejected_prompt_length"]
+        shared = min(chosen_prompt, rejected_prompt)
+        prompt = (chosen if chosen_prompt == shared else rejected)[:shared]
+        longer = chosen[:chosen_prompt] if chosen_prompt > shared else rejected[:rejected_prompt]
+        # Left truncation keeps a suffix of the prompt, after a leading BOS when there is one.
+        suffix = longer[len(longer) - shared :] == prompt
+        bos_and_suffix = longer[:1] == prompt[:1] and longer[len(longer) - shared + 1 :] == prompt[1:]
+        if shared and not (suffix or bos_and_suffix):
+            raise ValueError(
+                "A pair's chosen and rejected rows do not share their prompt tokens, so it cannot be packed into one "
+                "row. Use the plain layout (`packed=False`) for this dataset."
+            )
+        return pack_responses(prompt, [chosen[chosen_prompt:], rejected[rejected_prompt:]])
 
 
 __all__ = [

@@ -110,6 +110,14 @@ class AdaJudgeRewardConfig(RewardConfig):
     freeze_backbone: bool = field(
         default=False, metadata={"help": "Train the heads only (no LoRA); turns off activation checkpointing."}
     )
+    packed: bool = field(
+        default=False,
+        metadata={
+            "help": "Shared-prompt packing: each pair is one row [prompt; chosen; rejected], so the prompt is encoded "
+            "once (same loss and gradients as the plain layout). Needs causal refinement blocks and an eager or SDPA "
+            "backbone; otherwise training falls back to the plain layout with a notice."
+        },
+    )
     max_length: int | None = field(
         default=1024,
         metadata={
@@ -273,9 +281,18 @@ class AdaJudgeRewardTrainer(RewardTrainer):
         finally:
             args.model_init_kwargs = model_init_kwargs
         judge.config.pad_token_id = self.processing_class.pad_token_id
+        packed = args.packed and judge.supports_packed_inputs
+        if args.packed and not packed:
+            logger.warning(
+                "`packed=True` needs causal refinement blocks and an eager or SDPA backbone; this judge has "
+                f"refinement_attention={judge.config.refinement_attention!r} and attention "
+                f"{judge.config.text_config._attn_implementation!r}, so training uses the plain layout."
+            )
         if data_collator is None:
             self.data_collator = DataCollatorForAdaJudge(
-                pad_token_id=self.processing_class.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of
+                pad_token_id=self.processing_class.pad_token_id,
+                pad_to_multiple_of=args.pad_to_multiple_of,
+                packed=packed,
             )
         self._expert_names = judge.config.experts
         self._depth_names = None
