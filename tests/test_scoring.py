@@ -130,3 +130,24 @@ def test_bad_arguments_are_rejected(judge, tiny_tokenizer):
 def test_length_baseline_rewards_are_character_counts():
     output = score_by_length(["abc", "", [{"role": "assistant", "content": "hello"}]])
     assert output.rewards.tolist() == [3.0, 0.0, 5.0]
+
+
+@pytest.mark.parametrize("responses_per_prompt", [2, 6])
+def test_shared_prompt_scoring_equals_plain_scoring(make_judge, tiny_tokenizer, responses_per_prompt):
+    """Issue 9: each prompt encoded once for its responses gives the same rewards, pi and alpha, with fewer tokens."""
+    model = randomize_head(make_judge(num_refinement_blocks=2))
+    words = "the quick brown fox jumps over the lazy dog again and again".split()
+    prompts, responses = [], []
+    for item in range(5):
+        prompt = [{"role": "user", "content": " ".join(words[item : item + 4 + item])}]
+        for r in range(responses_per_prompt):
+            prompts.append(prompt)
+            responses.append([{"role": "assistant", "content": " ".join(words[r : r + 2 + (item * r) % 5])}])
+    plain = score_responses(model, tiny_tokenizer, prompts, responses, batch_tokens=64, show_progress=False)
+    shared = score_responses(
+        model, tiny_tokenizer, prompts, responses, batch_tokens=64, show_progress=False, share_prompts=True
+    )
+    torch.testing.assert_close(shared.rewards, plain.rewards, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(shared.routing_weights, plain.routing_weights, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(shared.depth_weights, plain.depth_weights, atol=1e-4, rtol=1e-4)
+    assert shared.num_tokens < plain.num_tokens

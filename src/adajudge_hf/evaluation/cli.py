@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the first N items of each RM-Bench domain / JudgeBench category, or the first N pairs",
     )
     parser.add_argument(
+        "--share-prompts",
+        action="store_true",
+        help="encode each item's prompt once for all its responses (packed rows; AdaJudge judges only, same rewards)",
+    )
+    parser.add_argument(
         "--dtype",
         choices=DTYPES,
         help="weights dtype (default: float32 on CPU, where bf16 is slow; the checkpoint's dtype on accelerators)",
@@ -118,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.output_dir,
                 max_length=args.max_length,
                 batch_tokens=args.batch_tokens,
+                share_prompts=args.share_prompts,
                 **common,
             )
     except (ValueError, OSError) as error:  # bad input: a clear message, not a traceback

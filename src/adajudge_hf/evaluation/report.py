@@ -339,6 +339,7 @@ def evaluate_model(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     limit: int | None = None,
     show_progress: bool = True,
+    share_prompts: bool = False,
 ) -> EvaluationResult:
     """Score `model` on `benchmark` ("rm-bench", "judgebench" or "pairs") and write the report to `output_dir`.
 
@@ -346,6 +347,7 @@ def evaluate_model(
     a dataset from `load_benchmark`; `limit` keeps the first `limit` items of each domain / category (see
     `limit_per_group`). Plain-text prompts and responses go through the tokenizer's chat template as one user turn and
     one assistant turn when it has one. Under `accelerate launch` the scoring is split across processes.
+    `share_prompts` encodes each item's prompt once for all its responses (see `score_responses`).
     """
     dataset = _prepare_dataset(benchmark, data, split, limit)
     prompts, responses = benchmark_examples(benchmark, dataset)
@@ -359,6 +361,7 @@ def evaluate_model(
         max_length=max_length,
         batch_tokens=batch_tokens,
         show_progress=show_progress,
+        share_prompts=share_prompts,
     )
     info = {"model": getattr(model, "name_or_path", None) or None, "data": _data_name(data), "split": split}
     return report_scores(benchmark, dataset, scores, info, output_dir)

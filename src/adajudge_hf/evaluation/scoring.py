@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from ..modeling import AdaJudgeConfig
+from ..packing import encode_packed, pad_packed
 from ..tokenization import EncodedExample, Messages, encode_prompt_response
 
 
@@ -165,6 +166,48 @@ def _score_batches(
     return results
 
 
+@torch.inference_mode()
+def _score_packed_batches(
+    model: torch.nn.Module,
+    packed: dict[int, tuple[list[int], list[int], bool]],
+    members: dict[int, list[int]],
+    batches: list[list[int]],
+    pad_token_id: int,
+    progress: tqdm,
+) -> list[tuple]:
+    """Forward batches of packed groups (all with the same number of responses); (index, reward, pi, alpha) each."""
+    device = model.device
+    results = []
+    for batch in batches:
+        inputs = pad_packed([packed[group][:2] for group in batch], pad_token_id)
+        outputs = model(**{key: value.to(device) for key, value in inputs.items()})
+        shape = (len(members[batch[0]]), len(batch))  # (N, B): outputs are responses-first
+        rewards, pis = _by_group(outputs.logits[:, 0], shape), _by_group(outputs.routing_weights, shape)
+        alphas = _by_group(outputs.depth_weights, shape) if outputs.depth_weights is not None else None
+        for row, group in enumerate(batch):
+            for position, index in enumerate(members[group]):
+                alpha = alphas[row][position] if alphas is not None else None
+                results.append((index, rewards[row][position], pis[row][position], alpha))
+        progress.update(shape[0] * shape[1])
+    return results
+
+
+def _by_group(tensor: torch.Tensor, shape: tuple[int, int]) -> list:
+    """(N * B, ...) responses-first outputs as nested lists [B][N]..."""
+    return tensor.float().view(*shape, *tensor.shape[1:]).transpose(0, 1).cpu().tolist()
+
+
+def _prompt_groups(prompts: Sequence) -> list[list[int]]:
+    """Runs of consecutive indices with the same prompt (a benchmark item's responses)."""
+    groups: list[list[int]] = []
+    for index, prompt in enumerate(prompts):
+        if groups and prompts[groups[-1][0]] == prompt:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
 def score_responses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -174,6 +217,7 @@ def score_responses(
     max_length: int | None = None,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     show_progress: bool = True,
+    share_prompts: bool = False,
 ) -> ScoringOutput:
     """Reward of each (prompt, response), in input order, with AdaJudge's routing weights pi and alpha.
 
@@ -185,6 +229,10 @@ def score_responses(
             where a reward model reads). None keeps everything.
         batch_tokens: budget of padded tokens per forward pass; lower it on out-of-memory errors.
         show_progress: show a progress bar (on the main process only).
+        share_prompts: encode each prompt once for its consecutive responses (a benchmark item's responses), as one
+            packed row [prompt; response 1; ...; response N]; same rewards, fewer tokens. AdaJudge judges with causal
+            refinement and an eager/SDPA backbone only; others are scored plainly, with a notice. With `max_length`,
+            a group's shared prompt is cut by the largest excess among its responses.
 
     Under `accelerate launch`, process p scores examples p, p + n, p + 2n, ... and every process returns all rewards.
     The model runs in eval mode under `torch.inference_mode()` (its training mode is restored afterwards).
@@ -196,6 +244,15 @@ def score_responses(
     state = distributed_state()
     adajudge = is_adajudge(model)
     pad_token_id = _padding_id(model, tokenizer, adajudge)
+
+    if share_prompts and not (adajudge and getattr(model, "supports_packed_inputs", False)):
+        logger.warning_once(
+            "`share_prompts` needs an AdaJudge judge with causal refinement and an eager/SDPA backbone; scoring "
+            "every response in its own row instead."
+        )
+        share_prompts = False
+    if share_prompts:
+        return _score_shared_prompts(model, tokenizer, prompts, responses, max_length, batch_tokens, show_progress)
 
     start = time.perf_counter()
     mine = range(state.process_index, len(prompts), state.num_processes)
@@ -247,6 +304,75 @@ def score_responses(
         num_tokens=sum(stats[0] for stats in local_stats),
         num_padded_tokens=sum(stats[1] for stats in local_stats),
         num_truncated=num_truncated,
+        num_processes=state.num_processes,
+        seconds=max(stats[3] for stats in local_stats),
+        encode_seconds=max(stats[4] for stats in local_stats),
+        max_length=max_length,
+        batch_tokens=batch_tokens,
+    )
+
+
+def _score_shared_prompts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence,
+    responses: Sequence,
+    max_length: int | None,
+    batch_tokens: int,
+    show_progress: bool,
+) -> ScoringOutput:
+    """`score_responses(share_prompts=True)`: packed rows per prompt group, split across processes by group."""
+    state = distributed_state()
+    start = time.perf_counter()
+    groups = _prompt_groups(prompts)
+    mine = range(state.process_index, len(groups), state.num_processes)
+    members = {g: groups[g] for g in mine}
+    packed = {
+        g: encode_packed(tokenizer, prompts[members[g][0]], [responses[i] for i in members[g]], max_length)
+        for g in mine
+    }
+    encode_seconds = time.perf_counter() - start
+    batches = []
+    for size in sorted({len(members[g]) for g in mine}):  # a packed batch needs the same response count per row
+        same = [g for g in mine if len(members[g]) == size]
+        batches += [
+            [same[p] for p in batch] for batch in length_buckets([len(packed[g][0]) for g in same], batch_tokens)
+        ]
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(
+            total=sum(map(len, members.values())),
+            desc="Scoring (shared prompts)",
+            unit="response",
+            disable=not (show_progress and state.is_main_process),
+        ) as progress:
+            pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            results = _score_packed_batches(model, packed, members, batches, pad_token_id, progress)
+    finally:
+        model.train(was_training)
+    local_stats = [
+        (
+            sum(len(ids) for ids, _, _ in packed.values()),
+            sum(len(batch) * max(len(packed[g][0]) for g in batch) for batch in batches),
+            sum(len(members[g]) for g in mine if packed[g][2]),
+            time.perf_counter() - start,
+            encode_seconds,
+        )
+    ]
+    if state.num_processes > 1:
+        results, local_stats = gather_object(results), gather_object(local_stats)
+    results.sort(key=lambda result: result[0])
+    config = model.config
+    return ScoringOutput(
+        rewards=torch.tensor([result[1] for result in results], dtype=torch.float32),
+        routing_weights=torch.tensor([result[2] for result in results]),
+        depth_weights=torch.tensor([result[3] for result in results]) if config.num_refinement_blocks else None,
+        experts=tuple(config.experts),
+        depth_candidates=depth_candidate_names(config) if config.num_refinement_blocks else None,
+        num_tokens=sum(stats[0] for stats in local_stats),
+        num_padded_tokens=sum(stats[1] for stats in local_stats),
+        num_truncated=sum(stats[2] for stats in local_stats),
         num_processes=state.num_processes,
         seconds=max(stats[3] for stats in local_stats),
         encode_seconds=max(stats[4] for stats in local_stats),
