@@ -8,6 +8,8 @@ Shapes: B batch, L sequence length, D backbone hidden size, E pooling experts, K
 
 import glob
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -345,6 +347,20 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
         return loaded
 
     @classmethod
+    @contextmanager
+    def backbone_only_loading(cls) -> Iterator[None]:
+        """Load a backbone checkpoint into a judge quietly: the heads are expected to be missing (they are fresh or
+        come from a heads file next) and a causal-LM / seq-cls head to be unused. Scoped, like TRL's seq-cls loading:
+        never set on the class for good, which would hide a broken full checkpoint."""
+        saved = cls._keys_to_ignore_on_load_missing, cls._keys_to_ignore_on_load_unexpected
+        cls._keys_to_ignore_on_load_missing = [r"^judge_head\."]
+        cls._keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^score\."]
+        try:
+            yield
+        finally:
+            cls._keys_to_ignore_on_load_missing, cls._keys_to_ignore_on_load_unexpected = saved
+
+    @classmethod
     def from_backbone(
         cls,
         backbone_name_or_path: str | os.PathLike,
@@ -378,15 +394,8 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
                 config_kwargs["response_template"] = find_response_template(tokenizer)
         text_config = AutoConfig.from_pretrained(backbone_name_or_path, **hub_kwargs)
         config = AdaJudgeConfig(text_config=text_config, **config_kwargs)
-        # Scoped, like TRL's seq-cls loading: the fresh heads are expected to be missing and a causal-LM head to be
-        # unused. Never set on the class for good, which would hide a broken full checkpoint.
-        saved = cls._keys_to_ignore_on_load_missing, cls._keys_to_ignore_on_load_unexpected
-        cls._keys_to_ignore_on_load_missing = [r"^judge_head\."]
-        cls._keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^score\."]
-        try:
+        with cls.backbone_only_loading():
             model = cls.from_pretrained(backbone_name_or_path, config=config, **kwargs)
-        finally:
-            cls._keys_to_ignore_on_load_missing, cls._keys_to_ignore_on_load_unexpected = saved
         model.config.text_config.pad_token_id = config.pad_token_id
         # Fresh heads are created in the load dtype; `_keep_in_fp32_modules_strict` only covers loaded tensors.
         model.judge_head.to(torch.float32)

@@ -208,20 +208,6 @@ def detect_judge_form(path: str | os.PathLike) -> str:
     return form
 
 
-@contextmanager
-def _heads_expected_missing() -> Iterator[None]:
-    """Scoped: loading a backbone into a judge leaves the heads missing (they come from HEADS_FILE next)."""
-    saved = AdaJudgeForRewardModeling._keys_to_ignore_on_load_missing
-    saved_unexpected = AdaJudgeForRewardModeling._keys_to_ignore_on_load_unexpected
-    AdaJudgeForRewardModeling._keys_to_ignore_on_load_missing = [rf"^{HEAD_MODULE}\."]
-    AdaJudgeForRewardModeling._keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^score\."]
-    try:
-        yield
-    finally:
-        AdaJudgeForRewardModeling._keys_to_ignore_on_load_missing = saved
-        AdaJudgeForRewardModeling._keys_to_ignore_on_load_unexpected = saved_unexpected
-
-
 def _load_heads(judge: AdaJudgeForRewardModeling, path: Path) -> None:
     state = load_file(path)
     non_finite = [name for name, tensor in state.items() if not torch.isfinite(tensor).all()]
@@ -272,7 +258,7 @@ def load_judge(path: str | os.PathLike, **from_pretrained_kwargs) -> AdaJudgeFor
             f"{path}/config.json does not record the backbone (`base_model_name_or_path`); pass "
             "`base_model_name_or_path=` to `load_judge`."
         )
-    with _heads_expected_missing():
+    with AdaJudgeForRewardModeling.backbone_only_loading():
         judge = AdaJudgeForRewardModeling.from_pretrained(base, config=config, **from_pretrained_kwargs)
     judge.config.base_model_name_or_path = base
     _load_heads(judge, path / HEADS_FILE)
