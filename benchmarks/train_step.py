@@ -1,7 +1,7 @@
 """Step time and peak memory of one training step: AdaJudge vs TRL's stock reward model, same backbone and batch.
 
-    python examples/benchmark_step.py                       # SmolLM2-135M-Instruct, LoRA r=16, 8 pairs x 256 tokens
-    python examples/benchmark_step.py --random-weights      # same architecture, random weights (no download)
+    python benchmarks/train_step.py                       # SmolLM2-135M-Instruct, LoRA r=16, 8 pairs x 256 tokens
+    python benchmarks/train_step.py --random-weights      # same architecture, random weights (no download)
 
 Both variants train through their trainers (`trl.RewardTrainer` with a `score` head, `AdaJudgeRewardTrainer` with
 K=3 refinement blocks and three routed pooling experts), with LoRA on the same backbone projections, the same

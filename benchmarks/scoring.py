@@ -1,6 +1,6 @@
 """Throughput of the evaluation scorer on a fixed RM-Bench subset, against two references, in one run.
 
-    python tests/scripts/score_throughput.py --data ../shared/benchmarks/rm-bench --per-domain 8 --output out.json
+    python benchmarks/scoring.py --data ../shared/benchmarks/rm-bench --per-domain 8   # writes benchmarks/results/scoring.json
 
 1. `score_responses`: length-sorted buckets under a token budget.
 2. Input order with a fixed batch size (what a plain DataLoader loop does), same judge and same encoding;
@@ -15,6 +15,7 @@ baseline's. The judge is SmolLM2-135M-Instruct (offline copy via `resolve_backbo
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -79,7 +80,7 @@ def main() -> None:
         help="scorer budget (default: batch size x max length, the same peak)",
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "scoring.json"))
     args = parser.parse_args()
     batch_tokens = args.batch_tokens or args.batch_size * args.max_length
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
