@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint
+.PHONY: setup demo test test-slow lint
 
 setup: $(STAMP)
 
@@ -26,8 +26,9 @@ demo: setup
 test: setup
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q -m "not slow"
 
-test-all: setup
-	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q
+# Multi-process training and scoring, the real backbone conversion, the demo path: minutes, not seconds.
+test-slow: setup
+	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q -m slow
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
