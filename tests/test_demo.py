@@ -28,7 +28,8 @@ def test_demo_trains_compares_and_packages_a_judge(tmp_path, capsys):
     assert "total time" in printed
 
     judge_dir = output_dir / "judge"
-    assert (judge_dir / "README.md").read_text().startswith("---")
+    card = (judge_dir / "README.md").read_text()
+    assert card.startswith("---") and "adajudge demo --backbone tiny" in card  # numbers labelled with their command
     assert not list(judge_dir.glob("*.bin"))
     # The packaged judge loads like any reward model and reproduces the reported held-out rewards.
     model = AutoModelForSequenceClassification.from_pretrained(judge_dir).eval()

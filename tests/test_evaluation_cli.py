@@ -135,6 +135,7 @@ def test_pairs_report_from_hh_rlhf_transcripts(judge_folder, shared_benchmarks, 
     assert main(argv + ["--limit", "6", "--max-length", "96"]) == 0
 
     metrics, records = read_report(out)
+    assert metrics["command"].startswith("adajudge evaluate --model") and "--limit 6" in metrics["command"]
     assert metrics["metrics"]["num_pairs"] == 6
     assert metrics["metrics"] == benchmark_metrics("pairs", records)
     assert metrics["metrics"]["ci_low"] <= metrics["metrics"]["accuracy"] <= metrics["metrics"]["ci_high"]

@@ -13,6 +13,8 @@ them (`adajudge_hf.features`); `--mode lora` instead fine-tunes LoRA adapters wi
 import json
 import logging
 import resource
+import shlex
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -117,7 +119,8 @@ def scoring_output(model: AdaJudgeForRewardModeling, scored: dict) -> ScoringOut
     )
 
 
-def run(args: DemoArguments) -> dict:
+def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
+    """The demo; `command` is the command line recorded with its reports."""
     start = time.perf_counter()
     torch.manual_seed(args.seed)
     output_dir = Path(args.output_dir)
@@ -170,7 +173,8 @@ def run(args: DemoArguments) -> dict:
         for label, (benchmark, dataset) in benchmarks.items():
             scored = score_features(judge, eval_features[label])
             report_dir = output_dir / "eval" / _slug(name) / benchmark
-            result = report_scores(benchmark, dataset, scoring_output(judge, scored), {"model": name}, report_dir)
+            info = {"model": name, "command": command}
+            result = report_scores(benchmark, dataset, scoring_output(judge, scored), info, report_dir)
             row[label] = result.metrics
             print("  " + format_summary(result).replace("\n", "\n  "))
         table[name] = row
@@ -179,7 +183,11 @@ def run(args: DemoArguments) -> dict:
     save_judge(judges[PACKAGED], packaged_dir, form="full", tokenizer=tokenizer, overwrite=True)
     eval_dirs = [output_dir / "eval" / _slug(PACKAGED) / benchmark for benchmark, _ in benchmarks.values()]
     datasets_used = ["Anthropic/hh-rlhf"] if args.data == "embedded" else [args.data]
-    render_card(packaged_dir, eval_dirs, datasets=datasets_used).save(packaged_dir / "README.md")
+    is_hub_id = args.backbone != "tiny" and not Path(args.backbone).exists()
+    card = render_card(
+        packaged_dir, eval_dirs, datasets=datasets_used, base_model=args.backbone if is_hub_id else None
+    )
+    card.save(packaged_dir / "README.md")
     elapsed = time.perf_counter() - start
     summary = {
         "arguments": asdict(args),
@@ -223,5 +231,5 @@ def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(DemoArguments, prog="adajudge demo", description=__doc__.split("\n\n")[1])
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run(args)
+    run(args, shlex.join(["adajudge", "demo", *(sys.argv[1:] if argv is None else argv)]))
     return 0

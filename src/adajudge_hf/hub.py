@@ -163,7 +163,9 @@ class Evaluation:
 
     @property
     def command(self) -> str:
-        """The `adajudge evaluate` command line that wrote the folder, rebuilt from `metrics.json`."""
+        """The command line that wrote the folder: recorded in `metrics.json`, else rebuilt as `adajudge evaluate`."""
+        if self.report.get("command"):
+            return self.report["command"]
         model = self.report.get("model") or "<model>"  # None when the scored model had no name or path
         args = ["adajudge", "evaluate", "--model", str(model), "--benchmark", self.benchmark]
         for key in ("data", "split"):

@@ -9,6 +9,7 @@ The files written are described in `adajudge_hf.evaluation.report`.
 """
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_length=args.max_length,
                 batch_tokens=args.batch_tokens,
                 share_prompts=args.share_prompts,
+                command=shlex.join(["adajudge", "evaluate", *(sys.argv[1:] if argv is None else argv)]),
                 **common,
             )
     except (ValueError, OSError) as error:  # bad input: a clear message, not a traceback

@@ -5,7 +5,7 @@
 write, to `output_dir` (on the main process only):
 
 `metrics.json`
-    `{"benchmark", "model", "data", "split", "num_items", "metrics", "scoring", "adajudge_hf_version"}`. `metrics` is
+    `{"benchmark", "model", "data", "split", ["command",] "num_items", "metrics", "scoring", "adajudge_hf_version"}`. `metrics` is
     the dict of `rm_bench_scores` (overall, easy / normal / hard, per domain with its 3x3 matrix),
     `judgebench_scores` (overall, per category) or `pairwise_accuracy` (accuracy with a Wilson interval); accuracies
     are percentages. `scoring` holds the cost: responses, tokens, padding fraction, truncations, seconds, tokens/s.
@@ -340,6 +340,7 @@ def evaluate_model(
     limit: int | None = None,
     show_progress: bool = True,
     share_prompts: bool = False,
+    command: str | None = None,
 ) -> EvaluationResult:
     """Score `model` on `benchmark` ("rm-bench", "judgebench" or "pairs") and write the report to `output_dir`.
 
@@ -347,7 +348,8 @@ def evaluate_model(
     a dataset from `load_benchmark`; `limit` keeps the first `limit` items of each domain / category (see
     `limit_per_group`). Plain-text prompts and responses go through the tokenizer's chat template as one user turn and
     one assistant turn when it has one. Under `accelerate launch` the scoring is split across processes.
-    `share_prompts` encodes each item's prompt once for all its responses (see `score_responses`).
+    `share_prompts` encodes each item's prompt once for all its responses (see `score_responses`); `command`, the
+    command line that ran the evaluation, is recorded in `metrics.json`.
     """
     dataset = _prepare_dataset(benchmark, data, split, limit)
     prompts, responses = benchmark_examples(benchmark, dataset)
@@ -364,6 +366,8 @@ def evaluate_model(
         share_prompts=share_prompts,
     )
     info = {"model": getattr(model, "name_or_path", None) or None, "data": _data_name(data), "split": split}
+    if command is not None:
+        info["command"] = command  # the exact command line, for model cards
     return report_scores(benchmark, dataset, scores, info, output_dir)
 
 
