@@ -1,4 +1,4 @@
-"""GRPO with an AdaJudge judge as the reward model (TRL's `reward_funcs=judge`).
+"""GRPO (or RLOO) with an AdaJudge judge as the reward model (TRL's `reward_funcs=judge`).
 
 TRL renders each prompt + completion through the judge's chat template and calls the judge with `input_ids` and
 `attention_mask` only. The judge finds the response itself from `config.response_template` (the assistant-turn
@@ -7,6 +7,7 @@ scores with explicit response masks.
 
     python examples/grpo_with_adajudge_reward.py                          # tiny random policy and judge, offline
     python examples/grpo_with_adajudge_reward.py --policy Qwen/Qwen3-0.6B --judge org/adajudge-qwen3-8b
+    python examples/grpo_with_adajudge_reward.py --trainer rloo          # RLOOTrainer, same reward path
 
 Plain-text (non-conversational) prompts have no assistant header: the judge then scores the whole text as response
 (with a warning). Use conversational prompts with a judge trained on chat data.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 import adajudge_hf  # noqa: F401  (registers the AdaJudge Auto classes)
 from adajudge_hf import AdaJudgeForRewardModeling
@@ -33,12 +34,16 @@ PROMPTS = [
 ]
 
 
-def main(argv: list[str] | None = None) -> GRPOTrainer:
+TRAINERS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}
+
+
+def main(argv: list[str] | None = None) -> GRPOTrainer | RLOOTrainer:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--policy", help="policy model id or folder (default: a tiny random causal LM)")
     parser.add_argument("--judge", help="AdaJudge checkpoint id or folder (default: a tiny judge)")
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--max-steps", type=int, default=2)
+    parser.add_argument("--trainer", choices=TRAINERS, default="grpo")
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="adajudge-grpo-"))
@@ -52,7 +57,8 @@ def main(argv: list[str] | None = None) -> GRPOTrainer:
         judge_tokenizer = AutoTokenizer.from_pretrained(backbone)
 
     dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in PROMPTS]})
-    config = GRPOConfig(
+    config_class, trainer_class = TRAINERS[args.trainer]
+    config = config_class(
         output_dir=args.output_dir or str(workdir / "grpo"),
         max_steps=args.max_steps,
         per_device_train_batch_size=4,
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> GRPOTrainer:
         report_to="none",
         save_strategy="no",
     )
-    trainer = GRPOTrainer(
+    trainer = trainer_class(
         model=policy,
         reward_funcs=judge,
         reward_processing_classes=judge_tokenizer,

@@ -22,8 +22,9 @@ def load_example():
     return module
 
 
-def test_grpo_rewards_equal_the_judge_with_explicit_masks(tmp_path):
-    trainer = load_example().main(["--max-steps", "1", "--output-dir", str(tmp_path)])
+@pytest.mark.parametrize("trainer_name", ["grpo", "rloo"])
+def test_online_rl_rewards_equal_the_judge_with_explicit_masks(tmp_path, trainer_name):
+    trainer = load_example().main(["--max-steps", "1", "--output-dir", str(tmp_path), "--trainer", trainer_name])
     judge = trainer.reward_funcs[0]
     tokenizer = trainer.reward_processing_classes[0]
     prompts, completions = list(trainer._logs["prompt"]), list(trainer._logs["completion"])
