@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -193,16 +194,28 @@ def main(argv: list[str] | None = None) -> None:
                 raise RuntimeError(f"{variant} failed:\n{completed.stderr[-4000:]}")
             results.append(json.loads(completed.stdout.strip().splitlines()[-1]))
     print(json.dumps(results, indent=1))
-    print(
-        f"\n{options.pairs} pairs x {options.tokens} tokens, LoRA r={options.lora_r}, {results[0]['device']}, "
-        f"{results[0]['dtype']}, median of {options.steps} steps after {options.warmup} warm-up"
-    )
-    print("| model | step time (s) | peak memory (GiB) | trainable params |\n|---|---|---|---|")
+    lines = [
+        f"{options.pairs} pairs x {options.tokens} tokens, LoRA r={options.lora_r}, {results[0]['device']}, "
+        f"{results[0]['dtype']}, median of {options.steps} steps after {options.warmup} warm-up",
+        "",
+        "| model | step time (s) | peak memory (GiB) | trainable params |",
+        "|---|---|---|---|",
+    ]
     for result in results:
         name = "TRL RewardTrainer (score head)" if result["variant"] == "stock" else f"AdaJudge (K={options.k})"
-        print(
+        lines.append(
             f"| {name} | {result['step_s']:.3f} | {result['peak_memory_gib']:.2f} | {result['trainable_params']:,} |"
         )
+    stock, judge = results
+    lines.append(
+        f"\nRatios AdaJudge / stock: step time {judge['step_s'] / stock['step_s']:.3f}, "
+        f"peak memory {judge['peak_memory_gib'] / stock['peak_memory_gib']:.3f}"
+    )
+    results_dir = Path(__file__).resolve().parent / "results"
+    results_dir.mkdir(exist_ok=True)
+    (results_dir / "train_step.json").write_text(json.dumps({"settings": vars(options), "results": results}, indent=2))
+    (results_dir / "train_step.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
