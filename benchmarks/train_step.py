@@ -12,7 +12,6 @@ median over the measured steps, after warm-up steps.
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,12 +32,21 @@ from transformers import (
 from trl import RewardConfig, RewardTrainer
 
 from adajudge_hf import AdaJudgeConfig, AdaJudgeForRewardModeling
+from adajudge_hf.backbones import resolve_backbone
 from adajudge_hf.lora import BACKBONE_TARGET_MODULES
 from adajudge_hf.testing import make_tiny_tokenizer
 from adajudge_hf.trainer import AdaJudgeRewardConfig, AdaJudgeRewardTrainer
 
 
 BACKBONE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process image (`VmHWM`; `ru_maxrss` would carry the parent's peak over `exec`)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
+
+
 # SmolLM2-135M's architecture, for --random-weights.
 SMOLLM2_135M = dict(
     vocab_size=49152,
@@ -99,6 +107,8 @@ def pairs(num_pairs: int, tokens: int, vocab_size: int) -> Dataset:
 def run_variant(options: argparse.Namespace) -> dict:
     cuda = torch.cuda.is_available()
     steps = options.warmup + options.steps
+    if not options.random_weights:  # a Hub id resolves offline to the packaged copy (see adajudge_hf.backbones)
+        options.backbone = str(resolve_backbone(options.backbone))
     common = dict(
         per_device_train_batch_size=options.pairs,
         max_steps=steps,
@@ -153,7 +163,7 @@ def run_variant(options: argparse.Namespace) -> dict:
     trainer.train()
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     measured = timer.times[options.warmup :]
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()
     return {
         "variant": options.variant,
         "device": torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)",
