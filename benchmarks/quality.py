@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--variants", help="comma-separated subset of the heads to train (default: all)")
     parser.add_argument("--output-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
@@ -220,7 +221,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for name, fields in variants(args.blocks).items():
+        chosen = variants(args.blocks)
+        if args.variants:
+            chosen = {name: chosen[name] for name in args.variants.split(",")}
+        for name, fields in chosen.items():
             t0 = time.perf_counter()
             torch.manual_seed(seed)
             config = AdaJudgeConfig(
