@@ -497,6 +497,8 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
             backbone_dtype = self.model.get_input_embeddings().weight.dtype
             backbone_mask = torch.zeros(layout["block_mask"].shape, dtype=backbone_dtype, device=valid_mask.device)
             backbone_mask.masked_fill_(~layout["block_mask"], torch.finfo(backbone_dtype).min)
+        elif layout["block_mask"] is None:
+            backbone_mask = None  # no padding: the backbone takes its fast causal path
         else:
             backbone_mask = valid_mask.long()
         outputs = self.model(
