@@ -139,7 +139,6 @@ class AdaJudgeHead(nn.Module):
         super().__init__()
         hidden_size, head_hidden = config.hidden_size, config.head_hidden_size
         self.experts = config.experts
-        self.is_causal = config.refinement_attention == "causal"
         self.depth_router_include_input = config.depth_router_include_input
         self.attention_pooling_scope = config.attention_pooling_scope
         self.router_temperature = config.router_temperature
