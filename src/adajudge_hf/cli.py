@@ -1,6 +1,11 @@
-"""`adajudge` command line: one sub-command per task, each implemented by a module's `main(argv)`."""
+"""`adajudge` command line: one sub-command per task, each implemented by a module's `main(argv)`.
+
+A user error (bad path, bad data, bad flag value: `ValueError`, `OSError`) ends in one line that says what is wrong
+and how to fix it, with exit code 2; `--debug` (anywhere on the line) or `ADAJUDGE_DEBUG=1` shows the traceback.
+"""
 
 import importlib
+import os
 import sys
 
 
@@ -10,19 +15,35 @@ COMMANDS = {
     "push": ("adajudge_hf.hub", "push a checkpoint folder with its model card to the Hugging Face Hub"),
     "demo": ("adajudge_hf.demo", "train, compare and package a real judge on the embedded default"),
 }
+USER_ERRORS = (ValueError, OSError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("ADAJUDGE_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: adajudge {" + ",".join(COMMANDS) + "} [--help] ...\n\ncommands:\n" + "\n".join(lines))
+        print("usage: adajudge {" + ",".join(COMMANDS) + "} [--help] [--debug] ...\n\ncommands:\n" + "\n".join(lines))
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nadajudge: unknown command {argv[0]!r}", file=sys.stderr)
             return 2
         return 0
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:]) or 0
+    command = argv[0]
+    module = importlib.import_module(COMMANDS[command][0])
+    try:
+        return module.main(argv[1:]) or 0
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"adajudge {command}: error: {message}\n(run with --debug for the traceback)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"adajudge {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
