@@ -12,7 +12,7 @@ import sys
 COMMANDS = {
     "train": ("adajudge_hf.train", "fine-tune a judge with TRL's RewardTrainer (LoRA or frozen backbone)"),
     "evaluate": ("adajudge_hf.evaluation.cli", "score RM-Bench, JudgeBench or preference pairs with official metrics"),
-    "push": ("adajudge_hf.hub", "push a checkpoint folder with its model card to the Hugging Face Hub"),
+    "push": ("adajudge_hf.hub.cli", "push a checkpoint folder with its model card to the Hugging Face Hub"),
     "demo": ("adajudge_hf.demo", "train, compare and package a real judge on the embedded default"),
 }
 USER_ERRORS = (ValueError, OSError)
