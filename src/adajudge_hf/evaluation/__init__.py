@@ -1,8 +1,10 @@
-"""Evaluation of reward models on RM-Bench, JudgeBench and preference pairs with the official metrics.
+"""Evaluation of reward models on RM-Bench, JudgeBench, RewardBench 2, RewardBench and preference pairs with the
+official metrics.
 
 - `metrics`: the official metric functions on plain per-item rewards (no model needed), also shipped as `evaluate`
   modules: `evaluate.load(metric_path("rm_bench"))`.
 - `data`: loaders by official Hub name or from local files in the official formats.
+- `reward_bench`: RewardBench 2 and RewardBench (v1): official scores and loaders.
 - `scoring`: length-bucketed, multi-process scoring of (prompt, response) pairs, with AdaJudge's routing weights.
 - `report`: `evaluate_model` / `evaluate_length_baseline`, writing metrics, per-item rewards and a routing report.
 """
@@ -31,6 +33,14 @@ from .report import (
     routing_report,
     write_report,
 )
+from .reward_bench import (
+    REWARD_BENCH_2_HUB_ID,
+    REWARD_BENCH_HUB_ID,
+    load_reward_bench,
+    load_reward_bench_2,
+    reward_bench_2_scores,
+    reward_bench_scores,
+)
 from .scoring import (
     DEFAULT_BATCH_TOKENS,
     ScoringOutput,
@@ -41,7 +51,7 @@ from .scoring import (
 )
 
 
-METRICS = ("rm_bench", "judgebench", "pairwise_accuracy")
+METRICS = ("rm_bench", "judgebench", "pairwise_accuracy", "reward_bench_2", "reward_bench")
 """The `evaluate` metric modules shipped with the package."""
 
 
@@ -58,6 +68,8 @@ __all__ = [
     "JUDGEBENCH_HUB_ID",
     "LENGTH_BASELINE",
     "METRICS",
+    "REWARD_BENCH_2_HUB_ID",
+    "REWARD_BENCH_HUB_ID",
     "RM_BENCH_HUB_ID",
     "EvaluationResult",
     "ScoringOutput",
@@ -71,11 +83,15 @@ __all__ = [
     "load_benchmark",
     "load_judgebench",
     "load_preference_pairs",
+    "load_reward_bench",
+    "load_reward_bench_2",
     "load_rm_bench",
     "metric_path",
     "pairwise_accuracy",
     "parse_hh_rlhf_transcript",
     "report_scores",
+    "reward_bench_2_scores",
+    "reward_bench_scores",
     "rm_bench_scores",
     "routing_report",
     "score_by_length",

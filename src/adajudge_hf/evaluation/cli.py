@@ -47,14 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     parser.add_argument(
         "--data",
-        help="Hub dataset id, or a local file / folder in the official format (default: THU-KEG/RM-Bench or "
-        "ScalerLab/JudgeBench; required for pairs)",
+        help="Hub dataset id, or a local file / folder in the official format (default: the benchmark's official "
+        "Hub dataset, e.g. THU-KEG/RM-Bench or allenai/reward-bench-2; required for pairs)",
     )
     parser.add_argument("--output-dir", required=True, help="folder for the report files")
     parser.add_argument(
         "--split",
         help=f"dataset split: JudgeBench {' or '.join(JUDGEBENCH_SPLITS)} (default gpt, the leaderboard's); for "
-        "Hub data, the split to read (RM-Bench: train, pairs: test)",
+        "Hub data, the split to read (RM-Bench: train, RewardBench 2: test, RewardBench: filtered, pairs: test)",
     )
     parser.add_argument(
         "--max-length", type=int, help="encode at most this many tokens, cutting the prompt from the left"
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--limit",
         type=int,
-        help="keep the first N items of each RM-Bench domain / JudgeBench category, or the first N pairs",
+        help="keep the first N items of each RM-Bench domain / JudgeBench category / RewardBench (2) subset, or the "
+        "first N pairs",
     )
     parser.add_argument(
         "--share-prompts",

@@ -12,6 +12,8 @@ Every loader returns a `datasets.Dataset` with a fixed set of columns:
   `rejected`, either all strings or all lists of messages. Rows may have an explicit `prompt` (TRL's explicit-prompt
   format) or only `chosen` / `rejected` holding whole conversations or HH-RLHF transcripts
   ("\\n\\nHuman: ...\\n\\nAssistant: ..."), whose shared beginning becomes the prompt.
+- RewardBench 2 (`allenai/reward-bench-2`) and RewardBench (`allenai/reward-bench`, split `filtered`): see
+  `reward_bench.load_reward_bench_2` / `load_reward_bench`.
 """
 
 import gzip
@@ -26,11 +28,12 @@ from transformers.utils import logging
 from trl.data_utils import extract_prompt
 
 from .metrics import RM_BENCH_SOURCE_DOMAINS, judgebench_category, rm_bench_domain
+from .reward_bench import limit_reward_bench, load_reward_bench, load_reward_bench_2
 
 
 logger = logging.get_logger(__name__)
 
-BENCHMARKS = ("rm-bench", "judgebench", "pairs")
+BENCHMARKS = ("rm-bench", "judgebench", "pairs", "reward-bench-2", "reward-bench")
 RM_BENCH_HUB_ID = "THU-KEG/RM-Bench"
 JUDGEBENCH_HUB_ID = "ScalerLab/JudgeBench"
 JUDGEBENCH_SPLITS = {"gpt": "gpt-4o", "claude": "claude-3-5-sonnet"}
@@ -294,13 +297,15 @@ LOADERS: dict[str, Callable[..., datasets.Dataset]] = {
     "rm-bench": load_rm_bench,
     "judgebench": load_judgebench,
     "pairs": load_preference_pairs,
+    "reward-bench-2": load_reward_bench_2,
+    "reward-bench": load_reward_bench,
 }
 
 
 def load_benchmark(
     benchmark: str, data: str | os.PathLike | None = None, split: str | None = None
 ) -> datasets.Dataset:
-    """Load `benchmark` ("rm-bench", "judgebench" or "pairs") from `data`, by default its official Hub dataset."""
+    """Load `benchmark` (one of `BENCHMARKS`) from `data`, by default its official Hub dataset."""
     if benchmark not in LOADERS:
         raise ValueError(f"Unknown benchmark {benchmark!r}; expected one of {list(BENCHMARKS)}.")
     if data is None and benchmark == "pairs":
@@ -313,9 +318,11 @@ def load_benchmark(
 
 def limit_per_group(dataset: datasets.Dataset, benchmark: str, limit: int) -> datasets.Dataset:
     """Keep the first `limit` items of each RM-Bench domain or JudgeBench category (every group stays represented),
-    or the first `limit` preference pairs."""
+    or the first `limit` preference pairs; RewardBench (2): see `limit_reward_bench`."""
     if limit < 1:
         raise ValueError(f"`limit` must be >= 1, got {limit}.")
+    if benchmark in ("reward-bench-2", "reward-bench"):
+        return limit_reward_bench(dataset, limit)
     if benchmark == "pairs":
         return dataset.select(range(min(limit, len(dataset))))
     groups = (

@@ -12,9 +12,10 @@ write, to `output_dir` (on the main process only):
 `rewards.jsonl`
     One line per item, in dataset order. RM-Bench: `domain`, `id`, `score_chosen` and `score_rejected` (3 rewards
     each, in style order). JudgeBench: `pair_id`, `source`, `category`, `label`, `score_A`, `score_B`, `decision`,
-    `correct`. Pairs: `index`, `score_chosen`, `score_rejected`, `correct`. For AdaJudge judges, each side S of an
-    item (chosen / rejected, A / B) also has `routing_weights_S` (pi over the experts, one list per response) and
-    `depth_weights_S` (alpha, or null when K = 0). Feeding these lines back to the metric functions gives `metrics`.
+    `correct`. Pairs: `index`, `score_chosen`, `score_rejected`, `correct`. RewardBench 2 and RewardBench: see
+    `reward_bench.reward_bench_records`. For AdaJudge judges, each side S of an item (chosen / rejected, A / B) also
+    has `routing_weights_S` (pi over the experts, one list per response) and `depth_weights_S` (alpha, or null when
+    K = 0). Feeding these lines back to the metric functions gives `metrics`.
 `routing.json`, `routing.md`, `routing.png` (AdaJudge judges only)
     Mean routing weights per group of responses (RM-Bench domain, JudgeBench category, or all pairs), plus an
     `"all"` group. `routing.json` schema::
@@ -59,6 +60,14 @@ from .metrics import (
     rm_bench_domain,
     rm_bench_scores,
 )
+from .reward_bench import (
+    REWARD_BENCH_2_SUBSETS,
+    REWARD_BENCH_SUBSETS,
+    reward_bench_2_scores,
+    reward_bench_records,
+    reward_bench_scores,
+    reward_bench_summary,
+)
 from .scoring import DEFAULT_BATCH_TOKENS, ScoringOutput, distributed_state, score_by_length, score_responses
 
 
@@ -68,15 +77,25 @@ _COLUMNS = {
     "rm-bench": ("domain", "id", "prompt", "chosen", "rejected"),
     "judgebench": ("pair_id", "source", "category", "question", "response_A", "response_B", "label"),
     "pairs": ("prompt", "chosen", "rejected"),
+    "reward-bench-2": ("subset", "id", "prompt", "chosen", "rejected", "num_correct"),
+    "reward-bench": ("subset", "id", "prompt", "chosen", "rejected"),
 }
 # Responses of one item, in scoring order: side name -> positions among the item's responses.
 _SIDES = {
     "rm-bench": {"chosen": slice(0, 3), "rejected": slice(3, 6)},
     "judgebench": {"A": 0, "B": 1},
     "pairs": {"chosen": 0, "rejected": 1},
+    "reward-bench-2": {"": slice(None)},  # one list of completions per prompt: `routing_weights`, `depth_weights`
+    "reward-bench": {"chosen": 0, "rejected": 1},
 }
 _RESPONSES_PER_ITEM = {"rm-bench": 6, "judgebench": 2, "pairs": 2}
-_GROUP_BY = {"rm-bench": "domain", "judgebench": "category", "pairs": "all"}
+_GROUP_BY = {
+    "rm-bench": "domain",
+    "judgebench": "category",
+    "pairs": "all",
+    "reward-bench-2": "subset",
+    "reward-bench": "subset",
+}
 
 
 @dataclass
@@ -125,7 +144,7 @@ def benchmark_examples(benchmark: str, dataset: datasets.Dataset) -> tuple[list,
     """The (prompts, responses) to score, `_RESPONSES_PER_ITEM[benchmark]` consecutive responses per item."""
     prompts, responses = [], []
     for item in dataset:
-        if benchmark == "rm-bench":
+        if benchmark in ("rm-bench", "reward-bench-2"):
             item_responses = list(item["chosen"]) + list(item["rejected"])
         elif benchmark == "judgebench":
             item_responses = [item["response_A"], item["response_B"]]
@@ -150,6 +169,8 @@ def _records(benchmark: str, dataset: datasets.Dataset, scores: ScoringOutput) -
     rewards = scores.rewards.tolist()
     pis = scores.routing_weights.tolist() if scores.routing_weights is not None else None
     alphas = scores.depth_weights.tolist() if scores.depth_weights is not None else None
+    if benchmark in ("reward-bench-2", "reward-bench"):
+        return reward_bench_records(benchmark, dataset, rewards, pis, alphas)
     per_item = _RESPONSES_PER_ITEM[benchmark]
     records = []
     for position, item in enumerate(dataset):
@@ -181,12 +202,16 @@ def benchmark_metrics(benchmark: str, records: Sequence[dict]) -> dict:
         return rm_bench_scores(records)
     if benchmark == "judgebench":
         return judgebench_scores(records)
+    if benchmark in ("reward-bench-2", "reward-bench"):
+        return (reward_bench_2_scores if benchmark == "reward-bench-2" else reward_bench_scores)(records)
     return pairwise_accuracy([r["score_chosen"] for r in records], [r["score_rejected"] for r in records])
 
 
 def _group(benchmark: str, record: dict) -> str:
     if benchmark == "rm-bench":
         return rm_bench_domain(record["domain"])
+    if benchmark in ("reward-bench-2", "reward-bench"):
+        return record["subset"]
     return record["category"] if benchmark == "judgebench" else "all"
 
 
@@ -201,7 +226,8 @@ def routing_report(
     for record in records:
         pis, alphas = [], []
         for name, where in _SIDES[benchmark].items():
-            pi, alpha = record[f"routing_weights_{name}"], record[f"depth_weights_{name}"]
+            suffix = f"_{name}" if name else ""
+            pi, alpha = record[f"routing_weights{suffix}"], record[f"depth_weights{suffix}"]
             pi = [pi] if isinstance(where, int) else pi
             alpha = [None] * len(pi) if alpha is None else [alpha] if isinstance(where, int) else alpha
             pis, alphas = pis + pi, alphas + alpha
@@ -213,7 +239,13 @@ def routing_report(
     def mean(names: Sequence[str], rows: list[list[float]]) -> dict[str, float]:
         return {name: sum(column) / len(rows) for name, column in zip(names, zip(*rows))}
 
-    order = {"rm-bench": RM_BENCH_DOMAINS, "judgebench": tuple(JUDGEBENCH_CATEGORIES.values()), "pairs": ()}[benchmark]
+    order = {
+        "rm-bench": RM_BENCH_DOMAINS,
+        "judgebench": tuple(JUDGEBENCH_CATEGORIES.values()),
+        "pairs": (),
+        "reward-bench-2": REWARD_BENCH_2_SUBSETS,
+        "reward-bench": REWARD_BENCH_SUBSETS,
+    }[benchmark]
     groups = {}
     for group in [group for group in order if group in vectors] + ["all"]:
         pis, alphas = vectors[group]
@@ -401,6 +433,8 @@ def format_summary(result: EvaluationResult) -> str:
         ]
         if metrics["domains_missing"]:
             lines.append(f"not scored (absent from the data): {', '.join(metrics['domains_missing'])}")
+    elif result.benchmark in ("reward-bench-2", "reward-bench"):
+        lines = reward_bench_summary(result.benchmark, metrics)
     elif result.benchmark == "judgebench":
         categories = ", ".join(f"{name} {values['accuracy']:.1f}" for name, values in metrics["categories"].items())
         lines = [f"JudgeBench overall {metrics['overall']:.1f} on {metrics['num_pairs']} pairs: {categories}"]
