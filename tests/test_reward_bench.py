@@ -381,3 +381,37 @@ def test_report_scores_accepts_rewards_computed_elsewhere(tmp_path):
     length = evaluate_length_baseline("reward-bench-2", prompts)
     flipped = reward_bench_2_scores([{**r, "scores": [-s for s in r["scores"]]} for r in length.records])
     assert flipped == result.metrics
+
+
+# ---------------------------------------------------------------- model card
+
+
+def test_model_card_lists_reward_bench_2_under_the_official_subset_names(tmp_path):
+    from huggingface_hub import ModelCard
+    from transformers import AutoTokenizer
+
+    from adajudge_hf import AdaJudgeForRewardModeling
+    from adajudge_hf.checkpoint import save_judge
+    from adajudge_hf.hub import check_card, render_card
+    from adajudge_hf.testing import save_tiny_causal_lm
+
+    backbone = save_tiny_causal_lm(tmp_path / "backbone")
+    judge = AdaJudgeForRewardModeling.from_backbone(backbone, num_refinement_blocks=1, head_hidden_size=16).eval()
+    checkpoint = save_judge(judge, tmp_path / "judge", form="full", tokenizer=AutoTokenizer.from_pretrained(backbone))
+    for benchmark, data in (("reward-bench-2", RB2_FILE), ("reward-bench", RB1_FILE)):
+        argv = ["--model", str(checkpoint), "--benchmark", benchmark, "--data", str(data)]
+        assert main(argv + ["--output-dir", str(tmp_path / "eval" / benchmark)]) == 0
+
+    card = render_card(checkpoint, tmp_path / "eval", repo_id="org/judge", base_model="org/tiny", license="mit")
+    check_card(card)
+    results = {(r.dataset_type, r.metric_name): r.metric_value for r in ModelCard(str(card)).data.eval_results}
+    rb2 = json.loads((tmp_path / "eval/reward-bench-2/metrics.json").read_text())["metrics"]
+    assert results[("allenai/reward-bench-2", "Score")] == round(rb2["overall"], 2)
+    for subset in ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties"):
+        assert results[("allenai/reward-bench-2", subset)] == round(rb2["subsets"][subset]["score"], 2)
+    rb1 = json.loads((tmp_path / "eval/reward-bench/metrics.json").read_text())["metrics"]
+    assert results[("allenai/reward-bench", "Score (7 of 23 subsets)")] == round(rb1["overall"], 2)
+    assert results[("allenai/reward-bench", "Chat Hard")] == round(rb1["sections"]["Chat Hard"]["score"], 2)
+    assert f"| **overall** | **{rb2['overall']:.1f}** | 10 |" in card.text
+    assert f"| Precise IF | {rb2['subsets']['Precise IF']['score']:.1f} | 1 |" in card.text
+    assert "Not scored: the subset(s) alpacaeval-length, alpacaeval-hard, mt-bench-easy," in card.text

@@ -452,3 +452,31 @@ def reward_bench_summary(benchmark: str, metrics: dict) -> list[str]:
     if metrics["subsets_missing"]:
         lines.append(f"subsets absent from the data: {', '.join(metrics['subsets_missing'])}")
     return lines
+
+
+def reward_bench_card_table(benchmark: str, metrics: dict) -> tuple[list, list, str, str | None]:
+    """(header, rows, size, note) of the model-card table of a RewardBench 2 or RewardBench evaluation."""
+    if benchmark == "reward-bench-2":
+        groups, total, unit, what = metrics["subsets"], metrics["num_prompts"], "prompts", "subset"
+    else:
+        groups, total, unit, what = metrics["sections"], metrics["num_pairs"], "pairs", "section"
+    rows = [[name, f"{values['score']:.1f}", values[f"num_{unit}"]] for name, values in groups.items()]
+    rows.append(["**overall**", f"**{metrics['overall']:.1f}**", total])
+    note = None
+    if metrics["subsets_missing"]:
+        note = (
+            f"Not scored: the subset(s) {', '.join(metrics['subsets_missing'])} (absent from the data), so the "
+            "overall is not the leaderboard's score."
+        )
+    return [what, "score", unit], rows, f"{total} {unit}", note
+
+
+def reward_bench_card_results(benchmark: str, metrics: dict) -> list[tuple[str, float]]:
+    """(metric name, value) pairs for the model card's `model-index`: `Score` (the leaderboard's; `Score (n of N
+    subsets)` when some subsets are absent), then one entry per subset (RewardBench 2) or section (RewardBench),
+    under its official name."""
+    groups = metrics["subsets"] if benchmark == "reward-bench-2" else metrics["sections"]
+    num_subsets = len(REWARD_BENCH_2_SUBSETS if benchmark == "reward-bench-2" else REWARD_BENCH_SUBSETS)
+    missing = len(metrics["subsets_missing"])
+    overall = f"Score ({num_subsets - missing} of {num_subsets} subsets)" if missing else "Score"
+    return [(overall, metrics["overall"])] + [(name, values["score"]) for name, values in groups.items()]

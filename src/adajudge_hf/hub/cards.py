@@ -10,6 +10,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..checkpoint import ADAPTER_CONFIG_FILE
+from ..evaluation.reward_bench import reward_bench_card_results, reward_bench_card_table
 from ..modeling import AdaJudgeConfig
 from ..modeling.configuration_adajudge import POOLING_EXPERTS
 from .folders import _BENCHMARKS, Evaluation, _is_repo_id, check_checkpoint, read_evaluations
@@ -90,6 +91,8 @@ def _table(evaluation: Evaluation) -> dict:
         ]
         rows.append(["**overall** (all pairs)", f"**{_percent(metrics['overall'])}**", metrics["num_pairs"]])
         size = f"{metrics['num_pairs']} pairs"
+    elif evaluation.benchmark in ("reward-bench-2", "reward-bench"):
+        header, rows, size, note = reward_bench_card_table(evaluation.benchmark, metrics)
     else:
         header = ["accuracy", f"{100 * metrics['confidence']:.0f}% interval", "ties", "mean margin", "pairs"]
         interval = f"{_percent(metrics['ci_low'])}-{_percent(metrics['ci_high'])}"
@@ -133,6 +136,8 @@ def _eval_results(evaluation: Evaluation) -> list[EvalResult]:
         values += [
             (f"{category.capitalize()} accuracy", v["accuracy"]) for category, v in metrics["categories"].items()
         ]
+    elif evaluation.benchmark in ("reward-bench-2", "reward-bench"):
+        values = reward_bench_card_results(evaluation.benchmark, metrics)
     else:
         values = [("Pairwise accuracy", metrics["accuracy"])]
     return [EvalResult(metric_name=metric, metric_value=round(value, 2), **common) for metric, value in values]

@@ -15,7 +15,12 @@ from ..modeling import AdaJudgeConfig
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
-_BENCHMARKS = {"rm-bench": ("RM-Bench", "THU-KEG/RM-Bench"), "judgebench": ("JudgeBench", "ScalerLab/JudgeBench")}
+_BENCHMARKS = {
+    "rm-bench": ("RM-Bench", "THU-KEG/RM-Bench"),
+    "judgebench": ("JudgeBench", "ScalerLab/JudgeBench"),
+    "reward-bench-2": ("RewardBench 2", "allenai/reward-bench-2"),
+    "reward-bench": ("RewardBench", "allenai/reward-bench"),
+}
 
 
 def _is_repo_id(name: str | None) -> bool:
@@ -117,7 +122,7 @@ def read_evaluation(folder: str | Path) -> Evaluation:
             f"{folder} has no metrics.json; pass the --output-dir of `adajudge evaluate` (or a folder of such folders)."
         )
     report = json.loads(path.read_text())
-    if report.get("benchmark") not in ("rm-bench", "judgebench", "pairs") or "metrics" not in report:
+    if report.get("benchmark") not in (*_BENCHMARKS, "pairs") or "metrics" not in report:
         raise ValueError(f"{path} is not an `adajudge evaluate` report (no known `benchmark` and `metrics`).")
     routing = folder / "routing.md"
     image = folder / "routing.png"
@@ -138,7 +143,7 @@ def read_evaluations(eval_dirs: str | Path | list[str | Path] | None) -> list[Ev
         folder = Path(folder)
         children = sorted(child.parent for child in folder.glob("*/metrics.json"))
         folders += [folder] if (folder / "metrics.json").is_file() or not children else children
-    order = ("rm-bench", "judgebench", "pairs")
+    order = (*_BENCHMARKS, "pairs")
     evaluations = sorted(map(read_evaluation, folders), key=lambda e: (order.index(e.benchmark), e.folder.name))
     names = [evaluation.folder.name for evaluation in evaluations]
     duplicates = sorted({name for name in names if names.count(name) > 1})
