@@ -259,6 +259,8 @@ def test_limit_keeps_whole_ties_prompts():
         ("reward-bench-2", {"subset": "Chat"}, "unknown subset 'Chat'"),
         ("reward-bench-2", {"num_correct": 2}, "num_correct must be the number of chosen ones"),
         ("reward-bench-2", {"rejected": "Lyon."}, "lists of strings"),
+        ("reward-bench-2", {"chosen": ["a", "b"], "num_correct": 2}, "outside Ties it has exactly one"),
+        ("reward-bench-2", {"subset": "Ties"}, "Ties ids are `ref:<n>` or `tied:<n>`"),
         ("reward-bench", {"subset": "Chat Hard"}, "not one of the 23 scored subsets"),
         ("reward-bench", {"chosen": ["a"]}, "must be strings"),
     ],

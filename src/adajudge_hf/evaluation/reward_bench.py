@@ -351,6 +351,10 @@ def load_reward_bench_2(data: str | os.PathLike = REWARD_BENCH_2_HUB_ID, split: 
                 f"{len(row['rejected'])} rejected completions; num_correct must be the number of chosen ones, and "
                 "both lists non-empty."
             )
+        if row["subset"] == TIES and not _TIES_ID.fullmatch(str(row["id"])):
+            raise ValueError(f"{where}: Ties ids are `ref:<n>` or `tied:<n>`, as in the official data.")
+        if row["subset"] != TIES and len(row["chosen"]) != 1:
+            raise ValueError(f"{where} has {len(row['chosen'])} chosen completions; outside Ties it has exactly one.")
         items.append(
             {
                 "subset": row["subset"],
