@@ -66,6 +66,15 @@ class AdaJudgeZeroInitLinear(nn.Linear):
     """A linear layer initialised to zero: residual branches start as the identity, routers start uniform."""
 
 
+class AdaJudgeRMSNorm(nn.RMSNorm):
+    """RMSNorm computed in fp32 and returned in the input's dtype (as transformers' Llama does): squares of fp16
+    states overflow past ~256, and the result must match the dtype of the linear that reads it."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(hidden_states.float(), self.normalized_shape, self.weight.float(), self.eps)
+        return normed.to(hidden_states.dtype)
+
+
 class AdaJudgeRefinementBlock(GradientCheckpointingLayer):
     """Pre-RMSNorm transformer block at the backbone width (Stage I).
 
@@ -78,18 +87,17 @@ class AdaJudgeRefinementBlock(GradientCheckpointingLayer):
         hidden_size = config.hidden_size
         self.num_heads = config.refinement_num_heads
         self.is_causal = config.refinement_attention == "causal"
-        self.attn_norm = nn.RMSNorm(hidden_size, eps=config.rms_norm_eps)
+        self.attn_norm = AdaJudgeRMSNorm(hidden_size, eps=config.rms_norm_eps)
         self.attn_qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
         self.attn_out = AdaJudgeZeroInitLinear(hidden_size, hidden_size, bias=False)
-        self.ffn_norm = nn.RMSNorm(hidden_size, eps=config.rms_norm_eps)
+        self.ffn_norm = AdaJudgeRMSNorm(hidden_size, eps=config.rms_norm_eps)
         self.ffn_in = nn.Linear(hidden_size, 2 * config.refinement_intermediate_size, bias=False)  # SwiGLU gate + up
         self.ffn_out = AdaJudgeZeroInitLinear(config.refinement_intermediate_size, hidden_size, bias=False)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`attention_mask` is a (B, 1, L, L) boolean "may attend" mask, or None when no row is padded."""
         batch_size, seq_len, hidden_size = hidden_states.shape
-        # Norms in fp32 (a no-op for fp32 states); under autocast the projections then run in half precision.
-        q, k, v = self.attn_qkv(self.attn_norm(hidden_states.float())).split(hidden_size, dim=-1)  # 3 x (B, L, D)
+        q, k, v = self.attn_qkv(self.attn_norm(hidden_states)).split(hidden_size, dim=-1)  # 3 x (B, L, D)
         q, k, v = (
             t.view(batch_size, seq_len, self.num_heads, -1).transpose(1, 2) for t in (q, k, v)
         )  # (B, nh, L, hd)
@@ -99,15 +107,32 @@ class AdaJudgeRefinementBlock(GradientCheckpointingLayer):
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)  # (B, nh, L, hd)
         attended = attended.transpose(1, 2).reshape(batch_size, seq_len, hidden_size)  # (B, L, D)
         hidden_states = hidden_states + self.attn_out(attended)
-        gate, up = self.ffn_in(self.ffn_norm(hidden_states.float())).chunk(2, dim=-1)  # 2 x (B, L, I)
+        gate, up = self.ffn_in(self.ffn_norm(hidden_states)).chunk(2, dim=-1)  # 2 x (B, L, I)
         return hidden_states + self.ffn_out(F.silu(gate) * up)
+
+
+def mean_weights(masks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(..., L) masks -> per-token weights 1/count (zeros for an empty mask), in `dtype`.
+
+    Dividing before summing keeps every partial sum within the range of the states: fp16 sums of 4,096 tokens
+    around 20 would overflow (the matmul accumulates in fp32 but rounds its result to fp16).
+    """
+    weights = masks.float()
+    return (weights / weights.sum(-1, keepdim=True).clamp_min(1.0)).to(dtype)
 
 
 def masked_mean(hidden_states: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Mean of (B, L, D) states over each of N (B, N, L) masks -> (B, N, D); zeros for an empty mask."""
-    weights = masks.to(hidden_states.dtype)  # (B, N, L)
-    sums = torch.einsum("bnl,bld->bnd", weights, hidden_states)  # (B, N, D)
-    return sums / weights.sum(-1, keepdim=True).clamp_min(1.0)
+    return torch.einsum("bnl,bld->bnd", mean_weights(masks, hidden_states.dtype), hidden_states)
+
+
+def check_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...], meaning: str) -> None:
+    """Raise a ValueError naming `name`, the expected and the actual shape, instead of a broadcasting error later."""
+    if tuple(tensor.shape) != tuple(expected):
+        raise ValueError(
+            f"`{name}` has shape {tuple(tensor.shape)}, expected {tuple(expected)} ({meaning}). Build it from the same "
+            "padded batch as `input_ids` and `attention_mask`."
+        )
 
 
 def attention_allowed(valid_mask: torch.Tensor, causal: bool, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -214,9 +239,8 @@ class AdaJudgeHead(nn.Module):
             index = last_index[:, None, :, None].expand(batch_size, num_candidates, num_responses, hidden_size)
             views["last"] = mix(stacked.gather(2, index).transpose(1, 2))  # (B, N, D)
         if "mean" in self.experts or self.pooling_router is not None:
-            response_weights = response_masks.to(dtype)  # (B, N, L)
-            sums = torch.einsum("bnl,bcld->bncd", response_weights, stacked)  # (B, N, C, D)
-            views["mean"] = mix(sums / response_weights.sum(-1)[:, :, None, None].clamp_min(1.0))
+            response_weights = mean_weights(response_masks, dtype)  # (B, N, L)
+            views["mean"] = mix(torch.einsum("bnl,bcld->bncd", response_weights, stacked))  # (B, N, C, D) -> (B, N, D)
         if self.attention_pool is not None:
             scope = context_masks if self.attention_pooling_scope == "all" else response_masks  # (B, N, L)
             candidate_logits = self.attention_pool(stacked).squeeze(-1).float()  # (B, C, L)
@@ -409,11 +433,27 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
     ) -> torch.Tensor:
         """(B, L) boolean mask of response tokens, by the precedence documented on the class."""
         if response_mask is not None:
+            check_shape("response_mask", response_mask, valid_mask.shape, "one 0/1 flag per token, like `input_ids`")
             response = response_mask.bool() & valid_mask
         elif prompt_lengths is not None:
+            prompt_lengths = torch.as_tensor(prompt_lengths, device=valid_mask.device)
+            check_shape("prompt_lengths", prompt_lengths, valid_mask.shape[:1], "one prompt length per row")
+            valid_counts = valid_mask.sum(-1)  # (B,)
+            negative = (prompt_lengths < 0).nonzero().flatten().tolist()
+            if negative:
+                raise ValueError(
+                    f"`prompt_lengths` must be >= 0 (it counts prompt tokens), got {prompt_lengths[negative].tolist()} "
+                    f"in row(s) {negative}."
+                )
+            too_long = (prompt_lengths >= valid_counts).nonzero().flatten().tolist()
+            if too_long:
+                raise ValueError(
+                    f"`prompt_lengths` {prompt_lengths[too_long].tolist()} in row(s) {too_long} leave no response: "
+                    f"those rows have only {valid_counts[too_long].tolist()} valid token(s). A prompt length counts the "
+                    "prompt tokens among the tokens `attention_mask` keeps; check that truncation kept the response."
+                )
             valid_index = valid_mask.long().cumsum(-1)  # (B, L): 1-based index among valid tokens
-            prompt_lengths = torch.as_tensor(prompt_lengths, device=valid_mask.device).view(-1, 1)
-            response = valid_mask & (valid_index > prompt_lengths)
+            response = valid_mask & (valid_index > prompt_lengths[:, None])
         elif self.config.response_template is not None and input_ids is not None:
             response = self._response_after_template(input_ids, valid_mask)
         else:
@@ -483,14 +523,22 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
         labels (`torch.FloatTensor` of shape `(batch_size,)`, *optional*):
             Regression targets; gives an MSE `loss`. Preference training uses `AdaJudgeRewardTrainer` instead.
 
+        Inputs longer than the backbone's `max_position_embeddings` are scored, with a one-time warning rather than an
+        error: rotary backbones run there, but their rewards are unreliable. Truncate to that length.
+
         Other keyword arguments that trainers pass (`margin`, `output_attentions`, ...) are accepted and ignored; they
         are never forwarded to the backbone. `use_cache` is ignored: a reward model needs no KV cache.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
+        if input_ids is not None:
+            self._check_token_ids(input_ids)
         reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
         valid_mask = self._valid_mask(reference, attention_mask)
         layout = self._layout(input_ids, valid_mask, response_mask, prompt_lengths, segment_ids)
+        if position_ids is None:
+            position_ids = layout["position_ids"]
+        self._warn_beyond_max_positions(position_ids)
         if layout["block_mask"] is not None and segment_ids is not None:
             # Additive float mask: eager attention adds it to the scores, SDPA accepts it as is.
             backbone_dtype = self.model.get_input_embeddings().weight.dtype
@@ -503,7 +551,7 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=backbone_mask,
-            position_ids=layout["position_ids"] if position_ids is None else position_ids,
+            position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=False,
             output_hidden_states=output_hidden_states,
@@ -534,6 +582,28 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
             hidden_states, self._layout(input_ids, valid_mask, response_mask, prompt_lengths, segment_ids)
         )
 
+    def _check_token_ids(self, input_ids: torch.Tensor) -> None:
+        """Token ids beyond the embedding (a tokenizer larger than the judge's) fail deep inside it; name the fix."""
+        vocab_size = self.config.get_text_config().vocab_size
+        largest = int(input_ids.max())
+        if largest >= vocab_size:
+            raise ValueError(
+                f"`input_ids` hold token id {largest}, but the judge's embedding has {vocab_size} rows: the tokenizer's "
+                "vocabulary is larger than the model's. Use the tokenizer saved with the judge, or grow the embedding "
+                "with `model.resize_token_embeddings(len(tokenizer))` (and train the new rows)."
+            )
+
+    def _warn_beyond_max_positions(self, position_ids: torch.Tensor) -> None:
+        """Warn (once) when a position exceeds the backbone's `max_position_embeddings`: rotary backbones still run
+        there but were never trained that far, so rewards degrade silently."""
+        max_positions = getattr(self.config.get_text_config(), "max_position_embeddings", None)
+        if max_positions is not None and int(position_ids.max()) >= max_positions:
+            logger.warning_once(
+                f"Inputs are longer than the backbone's max_position_embeddings ({max_positions}): positions past it "
+                f"were never trained, so rewards of such rows are unreliable. Truncate inputs to {max_positions} "
+                "tokens (e.g. `max_length` of the tokenizer or data collator)."
+            )
+
     @staticmethod
     def _valid_mask(reference: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """(B, L) boolean mask of real tokens; rows with none are an error."""
@@ -555,6 +625,7 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
     ) -> dict[str, torch.Tensor | None]:
         """Masks and positions for plain rows (one response each) or packed rows (shared prompt, N responses)."""
         if segment_ids is not None:
+            check_shape("segment_ids", segment_ids, valid_mask.shape, "one segment id per token, like `input_ids`")
             prompt_mask, response_masks, block_mask, position_ids = self._packed_layout(segment_ids, valid_mask)
             context_masks = response_masks | prompt_mask[:, None]  # (B, N, L)
         else:
@@ -575,9 +646,10 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
 
     def _score(self, hidden_states: torch.Tensor, layout: dict[str, torch.Tensor | None]) -> AdaJudgeRewardOutput:
         head_dtype = next(self.judge_head.parameters()).dtype
-        # Mixed precision, as Trainer's `bf16=True` does: the heads keep fp32 weights, but behind a half-precision
-        # backbone their matmuls run in that dtype (fp32 matmuls are many times slower on tensor-core GPUs). The
-        # routers' softmaxes and the reward stay in fp32.
+        # Mixed precision, as Trainer's `bf16=True` does: fp32 heads behind a half-precision backbone run their matmuls
+        # in that dtype (fp32 matmuls are many times slower on tensor-core GPUs). Half-precision heads (`.to(bf16)`)
+        # take the states in their own dtype. Either way norms, masked means' weights, the routers' softmaxes and the
+        # reward are computed in fp32.
         half = hidden_states.dtype in (torch.bfloat16, torch.float16) and head_dtype == torch.float32
         with torch.autocast(hidden_states.device.type, dtype=hidden_states.dtype, enabled=half):
             reward, expert_scores, routing_weights, depth_weights = self.judge_head(

@@ -52,23 +52,6 @@ def rewards(model, examples, pad_id, side="right"):
         return model(input_ids=input_ids, attention_mask=attention_mask, prompt_lengths=prompt_lengths).logits[:, 0]
 
 
-@pytest.mark.parametrize("pooling", ["adaptive", "last", "mean", "attention"])
-@pytest.mark.parametrize("num_refinement_blocks", [0, 2])
-def test_rewards_do_not_depend_on_padding_or_batch_composition(
-    make_judge, tiny_tokenizer, pooling, num_refinement_blocks
-):
-    model = randomize_head(make_judge(pooling=pooling, num_refinement_blocks=num_refinement_blocks))
-    examples = encode(tiny_tokenizer)
-    pad = tiny_tokenizer.pad_token_id
-    one_by_one = torch.cat([rewards(model, [example], pad) for example in examples])
-    torch.testing.assert_close(rewards(model, examples, pad, "right"), one_by_one, atol=1e-5, rtol=0)
-    torch.testing.assert_close(rewards(model, examples, pad, "left"), one_by_one, atol=1e-5, rtol=0)
-    reordered = rewards(model, [examples[2], examples[0]], pad)
-    torch.testing.assert_close(reordered, one_by_one[[2, 0]], atol=1e-5, rtol=0)
-    # pad == eos: the padding id must not matter, only attention_mask does.
-    torch.testing.assert_close(rewards(model, examples, tiny_tokenizer.eos_token_id), one_by_one, atol=1e-5, rtol=0)
-
-
 def test_last_token_comes_from_the_mask_even_when_pad_equals_eos(make_judge, tiny_tokenizer):
     model = make_judge(pooling="last", num_refinement_blocks=0)
     eos = tiny_tokenizer.eos_token_id
@@ -105,46 +88,137 @@ def test_initialisation_is_identity_blocks_and_uniform_routers(make_judge, tiny_
     assert out.logits.shape == (3, 1) and out.expert_scores.shape == (3, 3)
 
 
-def test_depth_router_can_include_the_backbone_output(make_judge, tiny_tokenizer):
-    model = make_judge(num_refinement_blocks=2, depth_router_include_input=True)
-    input_ids, attention_mask, prompt_lengths = pad_batch(encode(tiny_tokenizer), 0)
+# --- An independent reference of the heads, written from METHOD.md (not from the module's helpers) -----------------
+
+
+def rms_norm(x, weight, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def reference_block(x, weights, num_heads, causal, eps):
+    """One refinement block on an unpadded row x (L, D): pre-RMSNorm multi-head attention, then a SwiGLU FFN."""
+    seq_len, hidden_size = x.shape
+    head_dim = hidden_size // num_heads
+    q, k, v = (rms_norm(x, weights["attn_norm.weight"], eps) @ weights["attn_qkv.weight"].T).split(hidden_size, -1)
+    future = torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)
+    heads = []
+    for h in range(num_heads):
+        cols = slice(h * head_dim, (h + 1) * head_dim)
+        scores = q[:, cols] @ k[:, cols].T / math.sqrt(head_dim)  # (L, L)
+        if causal:
+            scores = scores.masked_fill(future, float("-inf"))
+        heads.append(scores.softmax(-1) @ v[:, cols])  # (L, hd)
+    x = x + torch.cat(heads, -1) @ weights["attn_out.weight"].T
+    gate, up = (rms_norm(x, weights["ffn_norm.weight"], eps) @ weights["ffn_in.weight"].T).chunk(2, -1)
+    return x + (torch.nn.functional.silu(gate) * up) @ weights["ffn_out.weight"].T
+
+
+def mlp(x, weights, prefix):
+    """Linear -> GELU -> Linear with the parameters under `prefix`."""
+    hidden = torch.nn.functional.gelu(x @ weights[f"{prefix}.0.weight"].T + weights[f"{prefix}.0.bias"])
+    return hidden @ weights[f"{prefix}.2.weight"].T + weights[f"{prefix}.2.bias"]
+
+
+def reference_heads(model, h0, prompt_length, prompt_context_length=None):
+    """(reward, expert scores s, pi, alpha) of one unpadded row from its backbone states h0 (L, D), per METHOD.md.
+
+    `prompt_context_length` overrides the tokens z_P averages (to show what a wrong prompt mask would give).
+    """
+    config = model.config
+    weights = {name: p.detach() for name, p in model.judge_head.named_parameters()}
+    seq_len = h0.shape[0]
+    response = torch.arange(seq_len) >= prompt_length
+
+    # Stage I: H(k) = T_k(H(k-1)); alpha = softmax(W_alpha meanpool(H0)); H~ = sum_k alpha_k H(k).
+    states = [h0]
+    for k in range(config.num_refinement_blocks):
+        block = {name.split(".", 2)[2]: w for name, w in weights.items() if name.startswith(f"refinement_blocks.{k}.")}
+        states.append(
+            reference_block(
+                states[-1], block, config.refinement_num_heads, config.refinement_attention == "causal", config.rms_norm_eps
+            )
+        )
+    candidates = states if config.depth_router_include_input or len(states) == 1 else states[1:]
+    if config.num_refinement_blocks:
+        alpha = (weights["depth_router.weight"] @ h0.mean(0) + weights["depth_router.bias"]).softmax(-1)
+    else:
+        alpha = torch.ones(1)
+    mixed = sum(a * h for a, h in zip(alpha, candidates))  # (L, D)
+
+    # Stage II: three views of H~, one MLP score per expert, a router over [z_L; z_M; z_A; z_P].
+    views = {"last": mixed[-1], "mean": mixed[response].mean(0)}
+    if "attention" in config.experts:
+        scope = torch.ones(seq_len, dtype=torch.bool) if config.attention_pooling_scope == "all" else response
+        beta = (mixed[scope] @ weights["attention_pool.weight"][0] + weights["attention_pool.bias"]).softmax(0)
+        views["attention"] = beta @ mixed[scope]
+    scores = torch.cat([mlp(views[name], weights, f"expert_heads.{name}") for name in config.experts])  # (E,)
+    if len(config.experts) == 1:
+        return scores[0], scores, torch.ones(1), alpha
+    context_length = prompt_length if prompt_context_length is None else prompt_context_length
+    z_prompt = h0[:context_length].mean(0) if context_length else torch.zeros_like(h0[0])
+    router_input = torch.cat([views["last"], views["mean"], views["attention"], z_prompt])
+    pi = (mlp(router_input, weights, "pooling_router") / config.router_temperature).softmax(-1)
+    return (pi * scores).sum(), scores, pi, alpha
+
+
+def model_and_reference(model, examples, pad_id, side="left"):
+    """The model's outputs on a padded batch, and the reference's on each unpadded row (stacked)."""
+    input_ids, attention_mask, prompt_lengths = pad_batch(examples, pad_id, side)
     with torch.no_grad():
         out = model(input_ids=input_ids, attention_mask=attention_mask, prompt_lengths=prompt_lengths)
-    torch.testing.assert_close(out.depth_weights, torch.full((3, 3), 1 / 3))
+        rows = [
+            reference_heads(model, model.model(input_ids=torch.tensor([ids])).last_hidden_state[0], prompt_length)
+            for ids, prompt_length in examples
+        ]
+    return out, [torch.stack(column) for column in zip(*rows)]
 
 
-@pytest.mark.parametrize("pooling", ["last", "mean", "attention"])
-@pytest.mark.parametrize("scope", ["all", "response"])
-def test_static_pooling_matches_hand_computation_on_h0(make_judge, tiny_tokenizer, pooling, scope):
-    model = randomize_head(make_judge(pooling=pooling, num_refinement_blocks=0, attention_pooling_scope=scope))
-    ids, prompt_length = encode(tiny_tokenizer)[0]
+@pytest.mark.parametrize(
+    "judge_kwargs",
+    [
+        {"num_refinement_blocks": k, "pooling": pooling}
+        for k in (0, 2)
+        for pooling in ("adaptive", "last", "mean", "attention")
+    ]
+    + [
+        {"num_refinement_blocks": 2, "depth_router_include_input": True, "router_temperature": 0.5},
+        {"num_refinement_blocks": 1, "refinement_attention": "bidirectional", "attention_pooling_scope": "response"},
+    ],
+    ids=lambda kwargs: "-".join(f"{key}={value}" for key, value in kwargs.items()),
+)
+def test_heads_match_an_independent_reference(make_judge, tiny_tokenizer, judge_kwargs):
+    """Every weight random (the zero-initialised ones too), a left-padded batch against unpadded reference rows."""
+    model = randomize_head(make_judge(**judge_kwargs), std=0.3)
+    out, (reward, scores, pi, alpha) = model_and_reference(model, encode(tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    torch.testing.assert_close(out.expert_scores, scores, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.routing_weights, pi, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.logits[:, 0], reward, atol=1e-5, rtol=1e-4)
+    if judge_kwargs["num_refinement_blocks"]:
+        torch.testing.assert_close(out.depth_weights, alpha, atol=1e-5, rtol=1e-4)
+        if alpha.shape[-1] > 1:
+            assert alpha.std(0).max() > 1e-3  # alpha varies by row: the depth mixture is tested, not a plain average
+    else:
+        assert out.depth_weights is None
+    assert sorted(model.judge_head.expert_heads) == sorted(model.config.experts)  # no unused experts
+
+
+def test_prompt_mask_drives_the_router_as_the_reference_says(make_judge, tiny_tokenizer):
+    """With random routers, z_P (the mean of H0 over the prompt) moves pi; at zero init a wrong mask is invisible."""
+    model = randomize_head(make_judge(num_refinement_blocks=2), std=0.3)
+    ids, prompt_length = encode(tiny_tokenizer)[2]
     input_ids = torch.tensor([ids])
     with torch.no_grad():
-        h0 = model.model(input_ids=input_ids).last_hidden_state[0]  # (L, D)
-        response = h0[prompt_length:]
-        if pooling == "last":
-            pooled = h0[-1]
-        elif pooling == "mean":
-            pooled = response.mean(0)
-        else:
-            attended = h0 if scope == "all" else response
-            beta = model.judge_head.attention_pool(attended).squeeze(-1).softmax(0)
-            pooled = (beta[:, None] * attended).sum(0)
-        expected = model.judge_head.expert_heads[pooling](pooled)
-        out = model(input_ids=input_ids, prompt_lengths=torch.tensor([prompt_length]))
-    torch.testing.assert_close(out.logits[0], expected, atol=1e-6, rtol=1e-5)
-    assert out.routing_weights.tolist() == [[1.0]]
-    assert sorted(model.judge_head.expert_heads) == [pooling]  # a static baseline carries no unused experts
-
-
-def test_reward_is_routed_mixture_of_expert_scores(make_judge, tiny_tokenizer):
-    model = randomize_head(make_judge())
-    input_ids, attention_mask, prompt_lengths = pad_batch(encode(tiny_tokenizer), 0)
-    with torch.no_grad():
-        out = model(input_ids=input_ids, attention_mask=attention_mask, prompt_lengths=prompt_lengths)
-    torch.testing.assert_close(out.logits[:, 0], (out.routing_weights * out.expert_scores).sum(-1))
-    torch.testing.assert_close(out.routing_weights.sum(-1), torch.ones(3))
-    assert out.routing_weights.std(0).max() > 0  # randomised router: pi depends on the input
+        h0 = model.model(input_ids=input_ids).last_hidden_state[0]
+        for length in (prompt_length, prompt_length - 3, 1):
+            out = model(input_ids=input_ids, prompt_lengths=torch.tensor([length]))
+            _, _, pi, _ = reference_heads(model, h0, length)
+            torch.testing.assert_close(out.routing_weights[0], pi, atol=1e-5, rtol=1e-4)
+            # Same response, z_P over one prompt token too few: the router must see the difference.
+            _, _, wrong_pi, _ = reference_heads(model, h0, length, prompt_context_length=length - 1)
+            assert (out.routing_weights[0] - wrong_pi).abs().max() > 1e-3
+        by_mask = model(input_ids=input_ids, response_mask=torch.arange(len(ids))[None] >= prompt_length)
+    _, _, pi, _ = reference_heads(model, h0, prompt_length)
+    torch.testing.assert_close(by_mask.routing_weights[0], pi, atol=1e-5, rtol=1e-4)
 
 
 def test_gradients_reach_every_head_parameter(make_judge, tiny_tokenizer):
@@ -353,7 +427,73 @@ def test_all_padding_row_and_empty_response_raise(make_judge):
     with pytest.raises(ValueError, match=r"Row\(s\) \[1\] of `attention_mask` are all padding"):
         model(input_ids=ids, attention_mask=torch.tensor([[1, 1, 1], [0, 0, 0]]))
     with pytest.raises(ValueError, match=r"Row\(s\) \[0\] have an empty response"):
-        model(input_ids=ids, prompt_lengths=torch.tensor([3, 1]))
+        model(input_ids=ids, response_mask=torch.tensor([[0, 0, 0], [0, 1, 1]]))
+
+
+IDS = torch.tensor([[10, 11, 12, 13], [10, 11, 12, 13]])
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        (
+            {"response_mask": torch.ones(2, 3)},
+            r"`response_mask` has shape \(2, 3\), expected \(2, 4\) \(one 0/1 flag per token, like `input_ids`\)",
+        ),
+        (
+            {"prompt_lengths": torch.tensor([1, 2, 3])},
+            r"`prompt_lengths` has shape \(3,\), expected \(2,\) \(one prompt length per row\)",
+        ),
+        (
+            {"segment_ids": torch.zeros(1, 4, dtype=torch.long)},
+            r"`segment_ids` has shape \(1, 4\), expected \(2, 4\)",
+        ),
+        (
+            {"prompt_lengths": torch.tensor([-1, 2])},
+            r"`prompt_lengths` must be >= 0 \(it counts prompt tokens\), got \[-1\] in row\(s\) \[0\]",
+        ),
+        (
+            {"prompt_lengths": torch.tensor([1, 7]), "attention_mask": torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])},
+            r"`prompt_lengths` \[7\] in row\(s\) \[1\] leave no response: those rows have only \[3\] valid token",
+        ),
+        (
+            {"input_ids": torch.tensor([[10, 11, 12, 600]]), "prompt_lengths": torch.tensor([1])},
+            r"`input_ids` hold token id 600, but the judge's embedding has \d+ rows.*"
+            r"`model.resize_token_embeddings\(len\(tokenizer\)\)`",
+        ),
+    ],
+    ids=["response_mask-shape", "prompt_lengths-shape", "segment_ids-shape", "negative", "too-long", "vocabulary"],
+)
+def test_bad_model_inputs_raise_one_clear_error(make_judge, inputs, message):
+    model = make_judge()
+    inputs = {"input_ids": IDS, **inputs}
+    with pytest.raises(ValueError, match=message):
+        model(**inputs)
+
+
+def test_tokenizer_larger_than_the_embedding_is_named(make_judge, tiny_tokenizer):
+    """A tokenizer with added tokens meets an older judge: the error names the fix, and the fix works."""
+    model = make_judge()
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.add_tokens(["<new_token>"])
+    ids = tokenizer("hello <new_token>", return_tensors="pt").input_ids
+    with pytest.raises(ValueError, match=rf"embedding has {len(tiny_tokenizer)} rows.*resize_token_embeddings"):
+        model(input_ids=ids)
+    model.resize_token_embeddings(len(tokenizer))
+    assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_inputs_beyond_max_position_embeddings_warn_once(make_judge, caplog, fresh_warnings):
+    model = make_judge()
+    limit = model.config.text_config.max_position_embeddings
+    long_ids = torch.randint(10, 100, (1, limit + 1))
+    with caplog.at_level("WARNING"):
+        model(input_ids=long_ids[:, :limit], prompt_lengths=torch.tensor([1]))
+        assert "max_position_embeddings" not in caplog.text  # exactly at the limit: no warning
+        for _ in range(2):
+            out = model(input_ids=long_ids, prompt_lengths=torch.tensor([1]))
+    assert caplog.text.count(f"longer than the backbone's max_position_embeddings ({limit})") == 1
+    assert "Truncate inputs" in caplog.text and torch.isfinite(out.logits).all()
 
 
 def test_non_finite_weights_are_refused_on_load(make_judge, tmp_path):
