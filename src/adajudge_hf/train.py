@@ -13,13 +13,18 @@ with `save_judge` to `<output_dir>/judge` (`--judge_output_dir`), as adapter + h
 `--freeze_backbone`, else as a full checkpoint (`--save_form`).
 """
 
+import logging
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from datasets import DatasetDict, IterableDatasetDict, load_dataset
+from datasets.exceptions import DatasetGenerationError
 from peft import PeftModel, get_peft_model
+from transformers.modeling_utils import set_zero3_state
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from .checkpoint import SAVE_FORMS, save_judge
@@ -115,19 +120,40 @@ def load_preference_data(script_args: AdaJudgeScriptArguments) -> DatasetDict | 
             "No dataset: pass `--dataset_name` (a Hub dataset, a folder or a .json/.jsonl/.parquet file)."
         )
     path = Path(name).expanduser()
+    builder = next((b for suffix, b in LOCAL_FILE_BUILDERS.items() if path.name.lower().endswith(suffix)), None)
+    if builder is not None and not path.exists():
+        raise FileNotFoundError(
+            f"No such dataset file: {name}. Pass an existing .json/.jsonl/.parquet file, a folder or a Hub dataset id."
+        )
     if path.is_file():
-        builder = next((b for suffix, b in LOCAL_FILE_BUILDERS.items() if path.name.lower().endswith(suffix)), None)
         if builder is None:
             raise ValueError(
                 f"Unsupported dataset file {path.name!r}: use .json, .jsonl (optionally .gz) or .parquet, or a Hub "
                 "dataset name."
             )
-        dataset = load_dataset(builder, data_files={"train": str(path)}, streaming=script_args.dataset_streaming)
+        try:
+            dataset = load_dataset(builder, data_files={"train": str(path)}, streaming=script_args.dataset_streaming)
+        except (DatasetGenerationError, StopIteration, ValueError) as error:
+            _explain_unreadable_file(path, error)
     else:
         dataset = load_dataset(name, name=script_args.dataset_config, streaming=script_args.dataset_streaming)
     if script_args.dataset_format == "helpsteer3":
         dataset = type(dataset)({split: helpsteer3_to_preference(data) for split, data in dataset.items()})
     return dataset
+
+
+def _explain_unreadable_file(path: Path, error: BaseException):
+    """Turn `datasets`' generic failure on a local file into the one-line reason `adajudge evaluate` gives (an empty
+    file, line N is not valid JSON, ...), read with the evaluation reader; re-raise `error` if that finds none."""
+    from .evaluation.data import read_records
+
+    try:
+        read_records(path)
+    except ValueError as reason:
+        raise ValueError(
+            f"Cannot read the training data: {reason} Fix the file or pass another `--dataset_name`."
+        ) from None
+    raise error
 
 
 def _split(dataset: DatasetDict | IterableDatasetDict, split: str, flag: str):
@@ -144,17 +170,18 @@ def _model_to_save(trainer: AdaJudgeRewardTrainer) -> AdaJudgeForRewardModeling 
     model = trainer.accelerator.unwrap_model(trainer.model)
     if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
         return model if trainer.accelerator.is_main_process else None
-    state_dict = trainer.accelerator.get_state_dict(trainer.model)  # collective: every process must call it
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective (DeepSpeed: the engine)
     if not trainer.accelerator.is_main_process:
         return None
     judge = model.get_base_model() if isinstance(model, PeftModel) else model
-    whole = AdaJudgeForRewardModeling._from_config(judge.config, dtype=judge.dtype)
+    with set_zero3_state():  # a plain model on this process: ZeRO-3's partitioned construction is collective
+        whole = AdaJudgeForRewardModeling._from_config(judge.config, dtype=judge.dtype)
     whole.config.base_model_name_or_path = getattr(judge.config, "base_model_name_or_path", None) or (
         judge.config.name_or_path
     )
     if isinstance(model, PeftModel):
         whole = get_peft_model(whole, model.peft_config[model.active_adapter])
-    whole.load_state_dict(state_dict)
+    whole.load_state_dict(state_dict, assign=True)  # keep each tensor's trained dtype (fp32 heads beside bf16)
     return whole
 
 
@@ -206,12 +233,36 @@ def train(
     return trainer
 
 
+@contextmanager
+def _package_logs_to_stderr(level: int):
+    """Show the toolkit's log lines (the dataset summary, truncation and drop counts) while a command runs."""
+    package_logger = logging.getLogger("adajudge_hf")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s adajudge_hf: %(message)s"))
+    previous_level = package_logger.level
+    package_logger.addHandler(handler)
+    package_logger.setLevel(level)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
-    script_args, training_args, model_args, judge_args = parser.parse_args_and_config(argv)
-    train(script_args, training_args, model_args, judge_args)
+    try:
+        script_args, training_args, model_args, judge_args = parser.parse_args_and_config(argv)
+    except yaml.YAMLError as error:
+        raise ValueError(f"The `--config` file is not valid YAML: {error}") from None
+    with _package_logs_to_stderr(logging.INFO if training_args.should_log else logging.WARNING):
+        train(script_args, training_args, model_args, judge_args)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if (
+    __name__ == "__main__"
+):  # `accelerate launch -m adajudge_hf.train ...`: user errors end in one line, as in `adajudge`
+    from .cli import main as adajudge
+
+    sys.exit(adajudge(["train", *sys.argv[1:]]))

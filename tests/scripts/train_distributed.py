@@ -3,7 +3,7 @@
     python train_distributed.py NUM_PROCESSES PER_DEVICE_BATCH OUTPUT_DIR
     accelerate launch --multi_gpu --num_processes 2 train_distributed.py 2 PER_DEVICE_BATCH OUTPUT_DIR
 
-Asserts the world size (a misconfigured launch silently runs one process per copy), writes `rank<i>.json` per process
+Under `tests/scripts/fsdp_on_cpu.py` the same run goes through accelerate's FSDP2 path. Asserts the world size (a misconfigured launch silently runs one process per copy), writes `rank<i>.json` per process
 and `log_history.json` (main process), so `tests/test_distributed_training.py` can compare one process with two at
 the same global batch.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from torch.distributed.fsdp import FSDPModule
 
 from adajudge_hf import AdaJudgeForRewardModeling
 from adajudge_hf.testing import make_tiny_judge_config, make_tiny_tokenizer
@@ -37,6 +38,18 @@ def pairs(n: int) -> Dataset:
             }
         )
     return Dataset.from_list(rows)
+
+
+def describe_processes(trainer: AdaJudgeRewardTrainer) -> dict:
+    """World size, distributed type and the classes of the modules FSDP2 sharded as units (empty without FSDP)."""
+    sharded = {
+        type(m).__name__.removeprefix("FSDP") for m in trainer.model_wrapped.modules() if isinstance(m, FSDPModule)
+    }
+    return {
+        "num_processes": trainer.accelerator.num_processes,
+        "distributed_type": str(trainer.accelerator.distributed_type).split(".")[-1],
+        "fsdp_units": sorted(sharded),
+    }
 
 
 def main(expected_processes: int, per_device_batch: int, output_dir: Path) -> None:
@@ -63,7 +76,7 @@ def main(expected_processes: int, per_device_batch: int, output_dir: Path) -> No
     assert world_size == expected_processes, f"world size {world_size} != {expected_processes}"
     trainer.train()
     rank = trainer.accelerator.process_index
-    (output_dir / f"rank{rank}.json").write_text(json.dumps({"num_processes": world_size}))
+    (output_dir / f"rank{rank}.json").write_text(json.dumps(describe_processes(trainer)))
     if trainer.accelerator.is_main_process:
         (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history))
 
