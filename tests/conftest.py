@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny offline backbones and tokenizers, and the optional `../shared/benchmarks` data."""
+"""Shared fixtures: tiny offline backbones and tokenizers, the benchmark slices in `tests/data`, and the optional
+full benchmark files of `../shared/benchmarks` (`ADAJUDGE_SHARED_BENCHMARKS` points elsewhere, e.g. at nothing)."""
 
 import os
 from pathlib import Path
@@ -14,7 +15,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-SHARED_BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+SHARED_BENCHMARKS = Path(
+    os.environ.get("ADAJUDGE_SHARED_BENCHMARKS", Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks")
+)
+BENCHMARK_SLICES = Path(__file__).resolve().parent / "data"
+
+
+def pytest_report_header(config) -> str:
+    found = "found" if SHARED_BENCHMARKS.is_dir() else "absent: the tests marked shared_data are deselected"
+    return f"full benchmark files {SHARED_BENCHMARKS}: {found}"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `shared_data` reproduce figures of the full benchmark files, which only the project's machines
+    have; elsewhere they are deselected, not skipped: the slices in `tests/data` run the same code paths."""
+    if SHARED_BENCHMARKS.is_dir():
+        return
+    deselected = [item for item in items if "shared_data" in item.keywords]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if "shared_data" not in item.keywords]
+
+
+@pytest.fixture(scope="session")
+def benchmark_slices() -> Path:
+    """`tests/data`: a few items per domain / category of RM-Bench, JudgeBench and HH-RLHF in the official layouts."""
+    return BENCHMARK_SLICES
 
 
 @pytest.fixture(scope="session")

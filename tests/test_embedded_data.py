@@ -108,3 +108,16 @@ def test_script_regenerates_the_shipped_file(shared_benchmarks, tmp_path):
     output = tmp_path / EMBEDDED_PREFERENCES
     load_script().main([str(shared_benchmarks / "hh-rlhf" / "harmless-base_test.jsonl.gz"), "--output", str(output)])
     assert output.read_bytes() == (DATA / EMBEDDED_PREFERENCES).read_bytes()
+
+
+def test_script_regenerates_the_start_of_the_shipped_file_from_the_slice(benchmark_slices, tmp_path):
+    """The conversion keeps the input order, so the slice (the first 40 lines of the source, then a pair with an
+    empty response) regenerates the first pairs of the shipped file exactly."""
+    output = tmp_path / EMBEDDED_PREFERENCES
+    load_script().main([str(benchmark_slices / "hh-rlhf" / "harmless-base_test.jsonl.gz"), "--output", str(output)])
+    with gzip.open(output, "rt", encoding="utf-8") as stream:
+        regenerated = stream.read().splitlines()
+    with gzip.open(DATA / EMBEDDED_PREFERENCES, "rt", encoding="utf-8") as stream:
+        shipped = stream.read().splitlines()
+    assert len(regenerated) == 40  # the pair with an empty response is dropped
+    assert regenerated == shipped[: len(regenerated)]
