@@ -1,6 +1,8 @@
 """`adajudge evaluate` and the benchmark loaders: reports written and consistent, official figures, clear errors."""
 
+import hashlib
 import json
+import shutil
 
 import datasets
 import pytest
@@ -19,7 +21,7 @@ from adajudge_hf.evaluation import (
     parse_hh_rlhf_transcript,
     routing_report,
 )
-from adajudge_hf.evaluation.cli import main
+from adajudge_hf.evaluation.cli import build_parser, main
 from adajudge_hf.testing import make_tiny_backbone_config
 
 
@@ -57,13 +59,14 @@ def read_report(folder):
 
 
 def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
 
-def test_rm_bench_report_is_written_and_consistent(judge_folder, shared_benchmarks, tmp_path, tiny_tokenizer):
+def test_rm_bench_report_is_written_and_consistent(judge_folder, benchmark_slices, tmp_path, tiny_tokenizer):
     out = tmp_path / "report"
-    argv = ["--model", str(judge_folder), "--benchmark", "rm-bench", "--data", str(shared_benchmarks / "rm-bench")]
+    argv = ["--model", str(judge_folder), "--benchmark", "rm-bench", "--data", str(benchmark_slices / "rm-bench")]
     assert main(argv + ["--output-dir", str(out), "--limit", "2", "--max-length", "96"]) == 0
 
     metrics, records = read_report(out)
@@ -73,7 +76,7 @@ def test_rm_bench_report_is_written_and_consistent(judge_folder, shared_benchmar
     assert metrics["metrics"]["domains_scored"] == ["chat", "code", "safety"]
     assert metrics["metrics"]["domains_missing"] == ["math"]
     assert metrics["scoring"]["num_responses"] == 36 and metrics["scoring"]["max_length"] == 96
-    chat_ids = [item["id"] for item in json.loads((shared_benchmarks / "rm-bench/chat_filtered.json").read_text())]
+    chat_ids = [item["id"] for item in json.loads((benchmark_slices / "rm-bench/chat_filtered.json").read_text())]
     assert [(r["domain"], r["id"]) for r in records[:2]] == [("chat", chat_ids[0]), ("chat", chat_ids[1])]
     assert all(len(r["routing_weights_chosen"]) == 3 and len(r["depth_weights_rejected"]) == 3 for r in records)
 
@@ -88,7 +91,7 @@ def test_rm_bench_report_is_written_and_consistent(judge_folder, shared_benchmar
     # The same judge in memory gives the same rewards as the saved folder.
     judge = AutoModelForSequenceClassification.from_pretrained(judge_folder)
     in_memory = evaluate_model(
-        judge, tiny_tokenizer, "rm-bench", shared_benchmarks / "rm-bench", limit=2, max_length=96
+        judge, tiny_tokenizer, "rm-bench", benchmark_slices / "rm-bench", limit=2, max_length=96
     )
     assert in_memory.output_dir is None
     for loaded, saved in zip(in_memory.records, records):
@@ -111,10 +114,42 @@ def test_heads_only_judge_folder_loads_through_load_judge(tmp_path, tiny_tokeniz
     for saved, in_memory in zip(read_report(out)[1], expected):
         assert saved["score_chosen"] == pytest.approx(in_memory["score_chosen"], abs=1e-5)
 
+    # metrics.json names the judge folder (not the backbone it loads onto) and fingerprints its own weights.
+    identity = read_report(out)[0]
+    assert identity["model"] == str(folder)
+    assert identity["judge"]["form"] == "heads" and identity["judge"]["base_model"] == str(backbone.resolve())
+    assert identity["judge"]["weight_files"] == {
+        "judge_head.safetensors": sha256_of(folder / "judge_head.safetensors")
+    }
 
-def test_judgebench_report_of_a_stock_reward_model(stock_rm_folder, shared_benchmarks, tmp_path):
+
+def sha256_of(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_metrics_json_names_the_judge_and_fingerprints_its_weights(judge_folder, benchmark_slices, tmp_path):
+    data = str(benchmark_slices / "hh-rlhf/harmless-base_test.jsonl.gz")
+    argv = ["--model", str(judge_folder), "--benchmark", "pairs", "--data", data, "--limit", "2"]
+    assert main(argv + ["--output-dir", str(tmp_path / "a")]) == 0
+    judge = read_report(tmp_path / "a")[0]["judge"]
+    weights = sha256_of(judge_folder / "model.safetensors")
+    assert judge["name_or_path"] == str(judge_folder) and judge["form"] == "full" and judge["model_type"] == "adajudge"
+    assert judge["weight_files"] == {"model.safetensors": weights}
+    listing = f"{weights}  model.safetensors\n"  # as `sha256sum model.safetensors` prints it
+    assert judge["fingerprint"] == "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
+
+    # Other weights, same everything else: another fingerprint.
+    other = tmp_path / "other-judge"
+    shutil.copytree(judge_folder, other)
+    judge_model = AutoModelForSequenceClassification.from_pretrained(other)
+    randomize_head(judge_model, seed=7).save_pretrained(other)
+    assert main(["--model", str(other), *argv[2:], "--output-dir", str(tmp_path / "b")]) == 0
+    assert read_report(tmp_path / "b")[0]["judge"]["fingerprint"] not in (None, judge["fingerprint"])
+
+
+def test_judgebench_report_of_a_stock_reward_model(stock_rm_folder, benchmark_slices, tmp_path):
     out = tmp_path / "report"
-    data = shared_benchmarks / "judgebench"
+    data = benchmark_slices / "judgebench"
     argv = ["--model", str(stock_rm_folder), "--benchmark", "judgebench", "--data", str(data), "--split", "claude"]
     assert main(argv + ["--output-dir", str(out), "--limit", "2", "--max-length", "96"]) == 0
 
@@ -128,9 +163,9 @@ def test_judgebench_report_of_a_stock_reward_model(stock_rm_folder, shared_bench
     assert not (out / "routing.json").exists()  # routing weights exist for AdaJudge judges only
 
 
-def test_pairs_report_from_hh_rlhf_transcripts(judge_folder, shared_benchmarks, tmp_path):
+def test_pairs_report_from_hh_rlhf_transcripts(judge_folder, benchmark_slices, tmp_path):
     out = tmp_path / "report"
-    data = shared_benchmarks / "hh-rlhf/harmless-base_test.jsonl.gz"
+    data = benchmark_slices / "hh-rlhf/harmless-base_test.jsonl.gz"
     argv = ["--model", str(judge_folder), "--benchmark", "pairs", "--data", str(data), "--output-dir", str(out)]
     assert main(argv + ["--limit", "6", "--max-length", "96"]) == 0
 
@@ -144,6 +179,34 @@ def test_pairs_report_from_hh_rlhf_transcripts(judge_folder, shared_benchmarks, 
     assert routing["groups"]["all"]["num_responses"] == 12  # each response counted once
 
 
+def test_length_baseline_scores_the_longer_response_higher(benchmark_slices, tmp_path, capsys):
+    """The length baseline end to end on the slices: each reward is the response's length, read from the raw files."""
+    out = tmp_path / "rm-bench"
+    argv = ["--model", "length-baseline", "--benchmark", "rm-bench", "--output-dir", str(out)]
+    assert main(argv + ["--data", str(benchmark_slices / "rm-bench")]) == 0
+    metrics, records = read_report(out)
+    raw = {
+        (domain, item["id"]): item
+        for domain in ("chat", "code", "safety-refuse", "safety-response")
+        for item in json.loads((benchmark_slices / f"rm-bench/{domain}_filtered.json").read_text())
+    }
+    assert len(records) == len(raw) == 14
+    for record in records:
+        item = raw[(record["domain"], record["id"])]
+        assert record["score_chosen"] == [len(response) for response in item["chosen"]]
+        assert record["score_rejected"] == [len(response) for response in item["rejected"]]
+    assert metrics["model"] == "length-baseline" and metrics["metrics"] == benchmark_metrics("rm-bench", records)
+    assert f"RM-Bench overall {metrics['metrics']['overall']:.1f} over 3 domain(s)" in capsys.readouterr().out
+
+    judgebench = evaluate_length_baseline("judgebench", benchmark_slices / "judgebench", split="claude")
+    claude = benchmark_slices / "judgebench/dataset=judgebench,response_model=claude-3-5-sonnet-20240620.jsonl"
+    pairs = [json.loads(line) for line in claude.read_text().splitlines()]
+    assert [record["decision"] for record in judgebench.records] == [
+        "A>B" if len(pair["response_A"]) > len(pair["response_B"]) else "B>A" for pair in pairs
+    ]
+
+
+@pytest.mark.shared_data
 def test_length_baseline_reproduces_the_documented_figures(shared_benchmarks, tmp_path, capsys):
     """The orientation check: the longer-wins baseline gets chat 37.4 / code 51.6 / safety 46.8, with a low hard."""
     out = tmp_path / "rm-bench"
@@ -166,21 +229,21 @@ def test_length_baseline_reproduces_the_documented_figures(shared_benchmarks, tm
     assert categories == {"knowledge": 44.2, "reasoning": 41.8, "math": 51.8, "coding": 54.8}
 
 
-def test_rm_bench_loader_reads_the_official_layouts(shared_benchmarks, tmp_path):
-    folder = load_rm_bench(shared_benchmarks / "rm-bench")
-    assert len(folder) == 798 and folder.column_names == ["domain", "id", "prompt", "chosen", "rejected"]
-    assert len(set(zip(folder["domain"], folder["id"]))) == 798  # 23 ids repeat across chat and code
-    assert len(set(folder["id"])) < 798
+def test_rm_bench_loader_reads_the_official_layouts(benchmark_slices, tmp_path):
+    folder = load_rm_bench(benchmark_slices / "rm-bench")
+    assert len(folder) == 14 and folder.column_names == ["domain", "id", "prompt", "chosen", "rejected"]
+    assert len(set(zip(folder["domain"], folder["id"]))) == 14  # id 404 is in chat and in code, as upstream
+    assert len(set(folder["id"])) == 13
 
-    chat = load_rm_bench(shared_benchmarks / "rm-bench/chat_filtered.json")
-    assert set(chat["domain"]) == {"chat"} and len(chat) == 129
+    chat = load_rm_bench(benchmark_slices / "rm-bench/chat_filtered.json")
+    assert set(chat["domain"]) == {"chat"} and len(chat) == 4
     rows = [{**row, "domain": "chat"} for row in chat.to_list()[:3]]
     (tmp_path / "total_dataset.json").write_text(json.dumps(rows))
     (tmp_path / "chat_filtered.json").write_text(json.dumps(rows))  # the folder's total_dataset.json wins
     assert len(load_rm_bench(tmp_path)) == 3
 
 
-def test_preference_pairs_loader_normalises_every_format(tmp_path, shared_benchmarks):
+def test_preference_pairs_loader_normalises_every_format(tmp_path, benchmark_slices):
     transcript = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How are you?\n\nAssistant: Fine."
     assert parse_hh_rlhf_transcript(transcript) == [
         {"role": "user", "content": "Hi"},
@@ -208,8 +271,20 @@ def test_preference_pairs_loader_normalises_every_format(tmp_path, shared_benchm
     datasets.Dataset.from_list(rows[1:]).to_parquet(tmp_path / "pairs.parquet")
     assert load_preference_pairs(tmp_path / "pairs.parquet")[0] == rows[1]
 
+    hh_test = load_preference_pairs(benchmark_slices / "hh-rlhf/harmless-base_test.jsonl.gz")
+    assert len(hh_test) == 40  # the slice's 41st pair has an empty response and is dropped
+
+
+@pytest.mark.shared_data
+def test_full_benchmark_files_have_the_documented_sizes(shared_benchmarks):
+    rm_bench = load_rm_bench(shared_benchmarks / "rm-bench")
+    assert len(rm_bench) == 798 and len(set(zip(rm_bench["domain"], rm_bench["id"]))) == 798
+    assert len(set(rm_bench["id"])) == 798 - 23  # 23 ids repeat across chat and code
+    assert len(load_rm_bench(shared_benchmarks / "rm-bench/chat_filtered.json")) == 129
     hh_test = load_preference_pairs(shared_benchmarks / "hh-rlhf/harmless-base_test.jsonl.gz")
     assert len(hh_test) == 2308  # 4 of the 2312 pairs have an empty response and are dropped
+    assert len(load_judgebench(shared_benchmarks / "judgebench")) == 350  # both splits: gpt by default
+    assert len(load_judgebench(shared_benchmarks / "judgebench", split="claude")) == 270
 
 
 def test_hub_names_load_the_official_datasets(monkeypatch):
@@ -294,9 +369,108 @@ def test_judgebench_split_selects_the_response_model(tmp_path):
     write_jsonl(tmp_path / "claude.jsonl", [{**pair, "response_model": "claude-3-5-sonnet-20240620", "label": "B>A"}])
     assert load_judgebench(tmp_path, split="claude")["label"] == ["B>A"]
     assert load_judgebench(tmp_path / "gpt.jsonl")["label"] == ["A>B"]
-    with pytest.raises(ValueError, match="mixes pairs of several response models"):
-        load_judgebench(tmp_path)
+    assert load_judgebench(tmp_path)["label"] == ["A>B"]  # both splits in the folder: gpt, the default
+    assert load_judgebench(tmp_path / "claude.jsonl")["label"] == ["B>A"]  # one split: that one
     with pytest.raises(ValueError, match="no pairs of split 'claude'"):
         load_judgebench(tmp_path / "gpt.jsonl", split="claude")
+    write_jsonl(tmp_path / "other" / "llama.jsonl", [{**pair, "response_model": "llama-3", "label": "A>B"}])
+    write_jsonl(tmp_path / "other" / "qwen.jsonl", [{**pair, "response_model": "qwen-2", "label": "A>B"}])
+    with pytest.raises(ValueError, match=r"no pairs of split 'gpt' .*Pass the split of its pairs"):
+        load_judgebench(tmp_path / "other")
     with pytest.raises(ValueError, match="Unknown JudgeBench split 'gpt4'"):
         load_judgebench(tmp_path, split="gpt4")
+
+
+def test_judgebench_folder_with_both_splits_scores_the_default_gpt_split(benchmark_slices, tmp_path):
+    """The official data/ folder holds both splits; `--help` promises gpt by default, and metrics.json says so."""
+    out = tmp_path / "report"
+    argv = ["--model", "length-baseline", "--benchmark", "judgebench", "--data", str(benchmark_slices / "judgebench")]
+    assert main(argv + ["--output-dir", str(out)]) == 0
+    metrics, records = read_report(out)
+    gpt = benchmark_slices / "judgebench/dataset=judgebench,response_model=gpt-4o-2024-05-13.jsonl"
+    assert metrics["split"] == "gpt"
+    assert [r["pair_id"] for r in records] == [json.loads(line)["pair_id"] for line in gpt.read_text().splitlines()]
+    assert main(argv + ["--output-dir", str(tmp_path / "claude"), "--split", "claude"]) == 0
+    assert read_report(tmp_path / "claude")[0]["split"] == "claude"
+
+
+def test_evaluate_accepts_underscore_flags_like_train(benchmark_slices, tmp_path):
+    parser = build_parser()
+    for action in parser._actions:
+        for flag in action.option_strings:
+            if flag.startswith("--"):
+                assert parser._option_string_actions["--" + flag[2:].replace("-", "_")] is action
+    dashes, underscores = tmp_path / "dashes", tmp_path / "underscores"
+    argv = ["--model", "length-baseline", "--benchmark", "rm-bench", "--data", str(benchmark_slices / "rm-bench")]
+    assert main(argv + ["--output-dir", str(dashes), "--max-length", "64", "--batch-tokens", "512"]) == 0
+    assert main(argv + ["--output_dir", str(underscores), "--max_length", "64", "--batch_tokens", "512"]) == 0
+    assert read_report(dashes)[0]["metrics"] == read_report(underscores)[0]["metrics"]
+
+
+class InterruptAfter:
+    """Wraps the judge's forward: counts the rows it scores and raises KeyboardInterrupt (Ctrl-C) on call number
+    `interrupt_at`."""
+
+    def __init__(self, monkeypatch, interrupt_at: int | None = None):
+        from adajudge_hf import AdaJudgeForRewardModeling
+
+        forward, self.rows = AdaJudgeForRewardModeling.forward, []
+
+        def counted_forward(model, *args, **kwargs):
+            if len(self.rows) + 1 == interrupt_at:
+                raise KeyboardInterrupt
+            self.rows.append(kwargs["input_ids"].shape[0])
+            return forward(model, *args, **kwargs)
+
+        monkeypatch.setattr(AdaJudgeForRewardModeling, "forward", counted_forward)
+        self.undo = lambda: monkeypatch.setattr(AdaJudgeForRewardModeling, "forward", forward)
+
+
+def test_interrupted_evaluation_keeps_what_was_scored_and_resumes(
+    judge_folder, benchmark_slices, tmp_path, monkeypatch, capsys
+):
+    from adajudge_hf.cli import main as adajudge
+
+    data = str(benchmark_slices / "hh-rlhf/harmless-base_test.jsonl.gz")
+    argv = ["--model", str(judge_folder), "--benchmark", "pairs", "--data", data, "--limit", "12"]
+    argv += ["--max-length", "64", "--batch-tokens", "128"]  # 24 responses in about 12 batches
+    reference, out = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    assert main(argv + ["--output-dir", str(reference)]) == 0
+    total = read_report(reference)[0]["scoring"]["num_responses"]
+
+    # Ctrl-C during the 4th forward pass: the 3 batches scored before it are on disk, no report is.
+    interrupted = InterruptAfter(monkeypatch, interrupt_at=4)
+    assert adajudge(["evaluate", *argv, "--output-dir", str(out)]) == 130
+    kept = sum(interrupted.rows)
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            f"adajudge evaluate: interrupted; {kept} of the {total} responses are scored and kept in {out}/.partial: run "
+            "the same command again to resume (it scores only the rest)"
+        )
+    )
+    assert 0 < kept < total and not (out / "metrics.json").exists()
+    progress_file = out / ".partial" / "scored-0.jsonl"
+    assert len(progress_file.read_text().splitlines()) == 1 + kept  # header + one line per response
+    with open(progress_file, "a") as file:
+        file.write("[0, 1.5, [0.3")  # the torn end of a write cut short by a crash: ignored
+
+    # The same command resumes: it scores only the rest, and the report equals the uninterrupted one.
+    interrupted.undo()
+    resumed = InterruptAfter(monkeypatch)
+    assert adajudge(["evaluate", *argv, "--output-dir", str(out)]) == 0
+    assert sum(resumed.rows) == total - kept
+    (metrics, records), (expected_metrics, expected_records) = read_report(out), read_report(reference)
+    assert records == expected_records and metrics["metrics"] == expected_metrics["metrics"]
+    assert not (out / ".partial").exists()  # its results are in the report
+
+    # Other settings are another run: nothing kept from an interrupted run with other settings is reused.
+    resumed.undo()
+    other = InterruptAfter(monkeypatch, interrupt_at=2)
+    assert adajudge(["evaluate", *argv, "--output-dir", str(out), "--max-length", "48"]) == 130
+    other.undo()
+    rescored = InterruptAfter(monkeypatch)
+    assert adajudge(["evaluate", *argv, "--output-dir", str(out)]) == 0
+    assert sum(rescored.rows) == total
+    assert read_report(out)[1] == expected_records

@@ -4,6 +4,7 @@ by repo id from the cache offline, and the model cards (rendered from real evalu
 import json
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 from importlib.resources import files
@@ -19,8 +20,17 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 
 from adajudge_hf import AdaJudgeForRewardModeling
 from adajudge_hf.checkpoint import load_judge, save_judge
-from adajudge_hf.evaluation import evaluate_model
-from adajudge_hf.hub import FAMILY, PAPER_URL, check_card, main, push_judge, render_card, render_family_card
+from adajudge_hf.evaluation import evaluate_length_baseline, evaluate_model
+from adajudge_hf.hub import (
+    FAMILY,
+    PAPER_URL,
+    build_parser,
+    check_card,
+    main,
+    push_judge,
+    render_card,
+    render_family_card,
+)
 from adajudge_hf.lora import adajudge_lora_config
 from adajudge_hf.testing import save_tiny_causal_lm
 
@@ -158,10 +168,11 @@ def evaluated(checkpoint: Path, tmp_path: Path, pairs: bool = False) -> Path:
     rm_bench, judgebench, preference_pairs = write_benchmarks(tmp_path / "benchmarks")
     judge, tokenizer = load_judge(checkpoint), AutoTokenizer.from_pretrained(checkpoint)
     output = tmp_path / "eval"
-    evaluate_model(judge, tokenizer, "rm-bench", rm_bench, output / "rm-bench", show_progress=False)
-    evaluate_model(judge, tokenizer, "judgebench", judgebench, output / "judgebench", show_progress=False)
+    common = dict(show_progress=False, checkpoint=checkpoint)  # metrics.json records the checkpoint's fingerprint
+    evaluate_model(judge, tokenizer, "rm-bench", rm_bench, output / "rm-bench", **common)
+    evaluate_model(judge, tokenizer, "judgebench", judgebench, output / "judgebench", **common)
     if pairs:
-        evaluate_model(judge, tokenizer, "pairs", preference_pairs, output / "pairs", show_progress=False)
+        evaluate_model(judge, tokenizer, "pairs", preference_pairs, output / "pairs", **common)
     return output
 
 
@@ -453,3 +464,45 @@ def test_card_checks_reject_a_broken_model_index(hub):
     ):  # the Hub check, on upload
         api.upload_file(path_or_fileobj=broken.encode(), path_in_repo="README.md", repo_id="org/judge")
     assert set(hub.files("org/judge")) == {".gitattributes"}
+
+
+def retrained(checkpoint: Path, folder: Path) -> Path:
+    """A copy of a full checkpoint with other head weights: the next checkpoint of the same run."""
+    shutil.copytree(checkpoint, folder)
+    judge = AdaJudgeForRewardModeling.from_pretrained(folder)
+    randomize_head(judge, seed=5).save_pretrained(folder)
+    return folder
+
+
+def test_push_refuses_evaluations_of_another_checkpoint(hub, tmp_path, backbone_dir, capsys):
+    evaluated_checkpoint, _ = saved_judge(tmp_path, backbone_dir, "full")
+    eval_dir = evaluated(evaluated_checkpoint, tmp_path)
+    checkpoint = retrained(evaluated_checkpoint, tmp_path / "checkpoint-2000")
+    message = (
+        rf"{eval_dir}/rm-bench/metrics.json holds the scores of {evaluated_checkpoint} \(weights sha256:[0-9a-f]{{64}}\), "
+        rf"not of {checkpoint} \(weights sha256:[0-9a-f]{{64}}\).*pass --force"
+    )
+    with pytest.raises(ValueError, match=message):
+        push_judge(checkpoint, "org/judge", token=hub.token, eval_dir=eval_dir)
+    with pytest.raises(ValueError, match=message):
+        render_card(checkpoint, eval_dir)
+    assert main([str(checkpoint), "org/judge", "--token", hub.token, "--eval-dir", str(eval_dir)]) == 2
+    assert "holds the scores of" in capsys.readouterr().err
+    assert hub.requests == [] and hub.repos == {}  # refused before the first request
+
+    # The length baseline is not this judge either; a forced push publishes the other checkpoint's numbers.
+    evaluate_length_baseline("pairs", write_benchmarks(tmp_path / "more")[2], tmp_path / "baseline")
+    with pytest.raises(ValueError, match="holds the scores of length-baseline, not of"):
+        push_judge(evaluated_checkpoint, "org/judge", token=hub.token, eval_dir=tmp_path / "baseline")
+    assert main([str(checkpoint), "org/judge", "--token", hub.token, "--eval_dir", str(eval_dir), "--force"]) == 0
+    assert "evaluation/rm-bench/metrics.json" in hub.files("org/judge")
+    push_judge(evaluated_checkpoint, "org/judge-evaluated", token=hub.token, eval_dir=eval_dir)  # its own: accepted
+
+
+def test_push_cli_accepts_underscore_flags_like_train():
+    parser = build_parser()
+    dashes = ["ckpt", "org/x", "--eval-dir", "e", "--base-model", "o/b", "--commit-message", "m", "--force"]
+    underscores = ["ckpt", "org/x", "--eval_dir", "e", "--base_model", "o/b", "--commit_message", "m", "--force"]
+    assert parser.parse_args(dashes) == parser.parse_args(underscores)
+    render = ["--render_card_only", "--family", "adajudge-qwen3-8b", "--output", "card.md"]
+    assert parser.parse_args(render).render_card_only

@@ -4,6 +4,7 @@ A user error (bad path, bad data, bad flag value: `ValueError`, `OSError`) ends 
 and how to fix it, with exit code 2; `--debug` (anywhere on the line) or `ADAJUDGE_DEBUG=1` shows the traceback.
 """
 
+import argparse
 import importlib
 import os
 import sys
@@ -16,6 +17,18 @@ COMMANDS = {
     "demo": ("adajudge_hf.demo", "train, compare and package a real judge on the embedded default"),
 }
 USER_ERRORS = (ValueError, OSError)
+
+
+def accept_underscore_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Let every `--dashed-flag` of `parser` also be spelled `--dashed_flag`, as `adajudge train` (TRL's
+    `HfArgumentParser`) spells its flags, so one habit works for every sub-command. Call once all flags are added."""
+    for action in parser._actions:
+        for flag in list(action.option_strings):
+            alias = "--" + flag[2:].replace("-", "_")
+            if flag.startswith("--") and alias not in parser._option_string_actions:
+                action.option_strings.append(alias)
+                parser._option_string_actions[alias] = action
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,8 +23,10 @@ from transformers import (
 )
 
 from ..checkpoint import load_judge
+from ..cli import accept_underscore_flags
 from ..modeling import AdaJudgeConfig
 from .data import BENCHMARKS, JUDGEBENCH_SPLITS
+from .progress import ScoringInterrupted
 from .report import LENGTH_BASELINE, evaluate_length_baseline, evaluate_model, format_summary
 from .scoring import DEFAULT_BATCH_TOKENS, distributed_state
 
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=DTYPES,
         help="weights dtype (default: float32 on CPU, where bf16 is slow; the checkpoint's dtype on accelerators)",
     )
-    return parser
+    return accept_underscore_flags(parser)
 
 
 def load_reward_model(name_or_path: str, dtype: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -126,12 +128,17 @@ def main(argv: list[str] | None = None) -> int:
                 max_length=args.max_length,
                 batch_tokens=args.batch_tokens,
                 share_prompts=args.share_prompts,
+                checkpoint=args.model,
                 command=shlex.join(["adajudge", "evaluate", *(sys.argv[1:] if argv is None else argv)]),
                 **common,
             )
     except (ValueError, OSError) as error:  # bad input: a clear message, not a traceback
         print(f"adajudge evaluate: error: {error}", file=sys.stderr)
         return 2
+    except ScoringInterrupted as interrupt:  # Ctrl-C: say what was kept and how to resume
+        if distributed_state().is_main_process:
+            print(f"adajudge evaluate: {interrupt}", file=sys.stderr)
+        return 130
     if distributed_state().is_main_process:
         print(format_summary(result))
     return 0

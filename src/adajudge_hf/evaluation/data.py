@@ -38,6 +38,7 @@ RM_BENCH_HUB_ID = "THU-KEG/RM-Bench"
 JUDGEBENCH_HUB_ID = "ScalerLab/JudgeBench"
 JUDGEBENCH_SPLITS = {"gpt": "gpt-4o", "claude": "claude-3-5-sonnet"}
 """JudgeBench split -> prefix of the `response_model` of its pairs. The leaderboard uses `gpt`."""
+DEFAULT_JUDGEBENCH_SPLIT = "gpt"
 
 _SUPPORTED_SUFFIXES = (".json", ".jsonl", ".parquet", ".json.gz", ".jsonl.gz")
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -175,14 +176,15 @@ def load_rm_bench(data: str | os.PathLike = RM_BENCH_HUB_ID, split: str = "train
 def load_judgebench(data: str | os.PathLike = JUDGEBENCH_HUB_ID, split: str | None = None) -> datasets.Dataset:
     """JudgeBench pairs: split `gpt` (the leaderboard's, the default on the Hub) or `claude`.
 
-    Local data is a JSONL file or a folder of them; `split` then keeps the pairs of that split's response model, and
-    is required when the files mix both.
+    Local data is a JSONL file or a folder of them (e.g. the official `data/` folder, which holds both splits);
+    `split` keeps the pairs of that split's response model, by default `gpt` when the files mix several. The
+    `response_model` column tells which split was read (`judgebench_split`).
     """
     if split is not None and split not in JUDGEBENCH_SPLITS:
         raise ValueError(f"Unknown JudgeBench split {split!r}; expected one of {list(JUDGEBENCH_SPLITS)}.")
     if not _is_local(data):
-        rows = _load_hub(str(data), split or "gpt")
-        source = f"{data} (split {split or 'gpt'})"
+        rows = _load_hub(str(data), split or DEFAULT_JUDGEBENCH_SPLIT)
+        source = f"{data} (split {split or DEFAULT_JUDGEBENCH_SPLIT})"
     else:
         paths = sorted(Path(data).glob("*.jsonl")) if Path(data).is_dir() else [Path(data)]
         if not paths:
@@ -192,12 +194,16 @@ def load_judgebench(data: str | os.PathLike = JUDGEBENCH_HUB_ID, split: str | No
     fields = ("pair_id", "source", "question", "response_model", "response_A", "response_B", "label")
     _require(rows, fields, source, "JudgeBench pairs")
     models = sorted({row["response_model"] for row in rows})
+    if split is None and len(models) > 1:
+        split = DEFAULT_JUDGEBENCH_SPLIT
+        logger.info(f"{source} holds the pairs of {models}; reading split {split!r} (pass `split` for another).")
     if split is not None:
         rows = [row for row in rows if row["response_model"].startswith(JUDGEBENCH_SPLITS[split])]
         if not rows:
-            raise ValueError(f"{source} holds no pairs of split {split!r}; its response models are {models}.")
-    elif len(models) > 1:
-        raise ValueError(f"{source} mixes pairs of several response models {models}: pass split 'gpt' or 'claude'.")
+            raise ValueError(
+                f"{source} holds no pairs of split {split!r} (response model {JUDGEBENCH_SPLITS[split]}*); its response "
+                f"models are {models}. Pass the split of its pairs, one of {list(JUDGEBENCH_SPLITS)}."
+            )
     return datasets.Dataset.from_list(
         [
             {
@@ -208,10 +214,24 @@ def load_judgebench(data: str | os.PathLike = JUDGEBENCH_HUB_ID, split: str | No
                 "response_A": row["response_A"],
                 "response_B": row["response_B"],
                 "label": row["label"],
+                "response_model": row["response_model"],
             }
             for row in rows
         ]
     )
+
+
+def judgebench_split(dataset: datasets.Dataset) -> str | None:
+    """The split (`gpt` / `claude`) whose response model wrote every pair of a `load_judgebench` dataset, else None."""
+    if "response_model" not in dataset.column_names:
+        return None
+    names = {
+        name
+        for model in set(dataset["response_model"])
+        for name, prefix in JUDGEBENCH_SPLITS.items()
+        if model.startswith(prefix)
+    }
+    return names.pop() if len(names) == 1 and len(dataset) else None
 
 
 def parse_hh_rlhf_transcript(text: str) -> list[dict[str, str]]:

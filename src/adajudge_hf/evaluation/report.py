@@ -5,7 +5,10 @@
 write, to `output_dir` (on the main process only):
 
 `metrics.json`
-    `{"benchmark", "model", "data", "split", ["command",] "num_items", "metrics", "scoring", "adajudge_hf_version"}`. `metrics` is
+    `{"benchmark", "model", "judge", "data", "split", ["command",] "num_items", "metrics", "scoring",
+    "adajudge_hf_version"}`. `model` names the judge (its folder or Hub id); `judge` (null when the model was not
+    loaded from a checkpoint) holds its `name_or_path`, save `form`, `model_type`, `base_model` and the `fingerprint`
+    of its weights with the sha256 of each weight file (see `provenance`). `split` is the split scored. `metrics` is
     the dict of `rm_bench_scores` (overall, easy / normal / hard, per domain with its 3x3 matrix),
     `judgebench_scores` (overall, per category) or `pairwise_accuracy` (accuracy with a Wilson interval); accuracies
     are percentages. `scoring` holds the cost: responses, tokens, padding fraction, truncations, seconds, tokens/s.
@@ -50,7 +53,7 @@ from matplotlib.figure import Figure
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import __version__
-from .data import BENCHMARKS, limit_per_group, load_benchmark
+from .data import BENCHMARKS, judgebench_split, limit_per_group, load_benchmark
 from .metrics import (
     JUDGEBENCH_CATEGORIES,
     RM_BENCH_DOMAINS,
@@ -60,6 +63,8 @@ from .metrics import (
     rm_bench_domain,
     rm_bench_scores,
 )
+from .progress import remove_progress
+from .provenance import judge_identity
 from .reward_bench import (
     REWARD_BENCH_2_SUBSETS,
     REWARD_BENCH_SUBSETS,
@@ -72,6 +77,8 @@ from .scoring import DEFAULT_BATCH_TOKENS, ScoringOutput, distributed_state, sco
 
 
 LENGTH_BASELINE = "length-baseline"
+PROGRESS_DIR = ".partial"
+"""Folder of `output_dir` that keeps the scored batches of an unfinished evaluation (see `progress`)."""
 
 _COLUMNS = {
     "rm-bench": ("domain", "id", "prompt", "chosen", "rejected"),
@@ -308,18 +315,32 @@ def plot_routing(routing: dict, path: str | os.PathLike) -> None:
     figure.savefig(path, dpi=150)
 
 
+def _write_atomically(path: Path, write) -> None:
+    """`write(temporary_path)`, then rename it to `path`: an interrupt leaves the old file or none, never half of one."""
+    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")  # same suffix: matplotlib reads the format there
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def write_report(result: EvaluationResult, output_dir: str | os.PathLike) -> Path:
-    """Write `metrics.json`, `rewards.jsonl` and, for AdaJudge judges, the routing report to `output_dir`."""
+    """Write `metrics.json`, `rewards.jsonl` and, for AdaJudge judges, the routing report to `output_dir`.
+
+    Each file is written whole or not at all, `metrics.json` (what `adajudge push` reads) last.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    with open(output_dir / "rewards.jsonl", "w") as file:
-        for record in result.records:
-            file.write(json.dumps(record) + "\n")
+    rewards = "".join(json.dumps(record) + "\n" for record in result.records)
+    _write_atomically(output_dir / "rewards.jsonl", lambda path: path.write_text(rewards))
     if result.routing is not None:
-        (output_dir / "routing.json").write_text(json.dumps(result.routing, indent=2) + "\n")
-        (output_dir / "routing.md").write_text(routing_markdown(result.routing))
-        plot_routing(result.routing, output_dir / "routing.png")
+        routing = json.dumps(result.routing, indent=2) + "\n"
+        _write_atomically(output_dir / "routing.json", lambda path: path.write_text(routing))
+        _write_atomically(output_dir / "routing.md", lambda path: path.write_text(routing_markdown(result.routing)))
+        _write_atomically(output_dir / "routing.png", lambda path: plot_routing(result.routing, path))
+    metrics = json.dumps(result.to_json(), indent=2) + "\n"
+    _write_atomically(output_dir / "metrics.json", lambda path: path.write_text(metrics))
     return output_dir
 
 
@@ -355,6 +376,11 @@ def report_scores(
     return result
 
 
+def _split_name(benchmark: str, dataset: datasets.Dataset, split: str | None) -> str | None:
+    """The split that was scored: the one asked for, else the JudgeBench split the data turned out to hold."""
+    return split or (judgebench_split(dataset) if benchmark == "judgebench" else None)
+
+
 def _data_name(data) -> str | None:
     return None if data is None or isinstance(data, datasets.Dataset) else str(data)
 
@@ -373,6 +399,7 @@ def evaluate_model(
     show_progress: bool = True,
     share_prompts: bool = False,
     command: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> EvaluationResult:
     """Score `model` on `benchmark` ("rm-bench", "judgebench" or "pairs") and write the report to `output_dir`.
 
@@ -382,11 +409,21 @@ def evaluate_model(
     one assistant turn when it has one. Under `accelerate launch` the scoring is split across processes.
     `share_prompts` encodes each item's prompt once for all its responses (see `score_responses`); `command`, the
     command line that ran the evaluation, is recorded in `metrics.json`.
+
+    `checkpoint` is the folder or Hub id `model` was loaded from: `metrics.json` then names it as the judge, with its
+    save form and the fingerprint of its weights (`provenance.judge_identity`), which `adajudge push --eval-dir`
+    checks; without it the model is named by `name_or_path` and its weights are not identified.
+
+    With `output_dir`, every scored batch is also kept in `output_dir/.partial` until the report is written, so an
+    interrupted evaluation (`ScoringInterrupted`, a `KeyboardInterrupt`) resumes when it is called again with the same
+    arguments: only what is missing is scored.
     """
+    judge = judge_identity(checkpoint) if checkpoint is not None else None
     dataset = _prepare_dataset(benchmark, data, split, limit)
     prompts, responses = benchmark_examples(benchmark, dataset)
     chats = [as_chat(tokenizer, prompt, response) for prompt, response in zip(prompts, responses)]
     prompts, responses = [prompt for prompt, _ in chats], [response for _, response in chats]
+    progress_dir = Path(output_dir) / PROGRESS_DIR if output_dir is not None else None
     scores = score_responses(
         model,
         tokenizer,
@@ -396,11 +433,21 @@ def evaluate_model(
         batch_tokens=batch_tokens,
         show_progress=show_progress,
         share_prompts=share_prompts,
+        progress_dir=progress_dir,
+        model_id=f"{judge['fingerprint']} {model.dtype}" if judge and judge["fingerprint"] else None,
     )
-    info = {"model": getattr(model, "name_or_path", None) or None, "data": _data_name(data), "split": split}
+    info = {
+        "model": str(checkpoint) if checkpoint is not None else getattr(model, "name_or_path", None) or None,
+        "judge": judge,
+        "data": _data_name(data),
+        "split": _split_name(benchmark, dataset, split),
+    }
     if command is not None:
         info["command"] = command  # the exact command line, for model cards
-    return report_scores(benchmark, dataset, scores, info, output_dir)
+    result = report_scores(benchmark, dataset, scores, info, output_dir)
+    if progress_dir is not None and distributed_state().is_main_process:
+        remove_progress(progress_dir)  # its results are in the report now
+    return result
 
 
 def evaluate_length_baseline(
@@ -418,7 +465,7 @@ def evaluate_length_baseline(
     """
     dataset = _prepare_dataset(benchmark, data, split, limit)
     _, responses = benchmark_examples(benchmark, dataset)
-    info = {"model": LENGTH_BASELINE, "data": _data_name(data), "split": split}
+    info = {"model": LENGTH_BASELINE, "data": _data_name(data), "split": _split_name(benchmark, dataset, split)}
     return report_scores(benchmark, dataset, score_by_length(responses), info, output_dir)
 
 

@@ -6,6 +6,7 @@ input order. Under `accelerate launch` each process scores every n-th example an
 one process and n processes give the same rewards.
 """
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from transformers.utils import logging
 from ..modeling import AdaJudgeConfig
 from ..packing import encode_packed, pad_packed
 from ..tokenization import EncodedExample, Messages, encode_prompt_response
+from .progress import ScoringInterrupted, ScoringProgress, run_key
 
 
 logger = logging.get_logger(__name__)
@@ -140,11 +142,17 @@ def _score_batches(
     pad_token_id: int,
     adajudge: bool,
     progress: tqdm,
+    kept: ScoringProgress | None,
 ) -> list[tuple]:
-    """Forward every batch; returns (index, reward, pi, alpha) per example."""
+    """Forward every batch not `kept` on disk (keeping each new one there); returns (index, reward, pi, alpha) per
+    example."""
     device = model.device
     results = []
     for batch in batches:
+        if kept is not None and (done := kept.kept(batch)) is not None:
+            results.extend(done)
+            progress.update(len(batch))
+            continue
         rows = [torch.tensor(encoded[index].input_ids) for index in batch]
         input_ids = pad_sequence(rows, batch_first=True, padding_value=pad_token_id)  # (B, L), right padded
         attention_mask = pad_sequence([torch.ones_like(row) for row in rows], batch_first=True)  # (B, L)
@@ -161,7 +169,10 @@ def _score_batches(
         pis = outputs.routing_weights.float().cpu().tolist() if adajudge else [None] * len(batch)
         depth = outputs.depth_weights if adajudge else None
         alphas = depth.float().cpu().tolist() if depth is not None else [None] * len(batch)
-        results.extend(zip(batch, rewards, pis, alphas))
+        batch_results = list(zip(batch, rewards, pis, alphas))
+        if kept is not None:
+            kept.append(batch_results)
+        results.extend(batch_results)
         progress.update(len(batch))
     return results
 
@@ -174,20 +185,31 @@ def _score_packed_batches(
     batches: list[list[int]],
     pad_token_id: int,
     progress: tqdm,
+    kept: ScoringProgress | None,
 ) -> list[tuple]:
-    """Forward batches of packed groups (all with the same number of responses); (index, reward, pi, alpha) each."""
+    """Forward batches of packed groups (all with the same number of responses) not `kept` on disk; (index, reward,
+    pi, alpha) each."""
     device = model.device
     results = []
     for batch in batches:
+        indices = [index for group in batch for index in members[group]]
+        if kept is not None and (done := kept.kept(indices)) is not None:
+            results.extend(done)
+            progress.update(len(indices))
+            continue
         inputs = pad_packed([packed[group][:2] for group in batch], pad_token_id)
         outputs = model(**{key: value.to(device) for key, value in inputs.items()})
         shape = (len(members[batch[0]]), len(batch))  # (N, B): outputs are responses-first
         rewards, pis = _by_group(outputs.logits[:, 0], shape), _by_group(outputs.routing_weights, shape)
         alphas = _by_group(outputs.depth_weights, shape) if outputs.depth_weights is not None else None
+        batch_results = []
         for row, group in enumerate(batch):
             for position, index in enumerate(members[group]):
                 alpha = alphas[row][position] if alphas is not None else None
-                results.append((index, rewards[row][position], pis[row][position], alpha))
+                batch_results.append((index, rewards[row][position], pis[row][position], alpha))
+        if kept is not None:
+            kept.append(batch_results)
+        results.extend(batch_results)
         progress.update(shape[0] * shape[1])
     return results
 
@@ -218,6 +240,8 @@ def score_responses(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     show_progress: bool = True,
     share_prompts: bool = False,
+    progress_dir: str | os.PathLike | None = None,
+    model_id: str | None = None,
 ) -> ScoringOutput:
     """Reward of each (prompt, response), in input order, with AdaJudge's routing weights pi and alpha.
 
@@ -233,6 +257,11 @@ def score_responses(
             packed row [prompt; response 1; ...; response N]; same rewards, fewer tokens. AdaJudge judges with causal
             refinement and an eager/SDPA backbone only; others are scored plainly, with a notice. With `max_length`,
             a group's shared prompt is cut by the largest excess among its responses.
+        progress_dir: keep every scored batch in this folder, and skip the batches kept there by an earlier,
+            interrupted call with the same model, inputs and settings (`progress.ScoringProgress`). An interrupt then
+            raises `ScoringInterrupted` (a `KeyboardInterrupt`) that says how much is kept.
+        model_id: what identifies the model's weights for `progress_dir`, e.g. the fingerprint of its checkpoint
+            (default: its name or path, dtype and config).
 
     Under `accelerate launch`, process p scores examples p, p + n, p + 2n, ... and every process returns all rewards.
     The model runs in eval mode under `torch.inference_mode()` (its training mode is restored afterwards).
@@ -243,16 +272,43 @@ def score_responses(
         raise ValueError(f"`max_length` must be >= 1 or None, got {max_length}.")
     state = distributed_state()
     adajudge = is_adajudge(model)
-    pad_token_id = _padding_id(model, tokenizer, adajudge)
-
     if share_prompts and not (adajudge and getattr(model, "supports_packed_inputs", False)):
         logger.warning_once(
             "`share_prompts` needs an AdaJudge judge with causal refinement and an eager/SDPA backbone; scoring "
             "every response in its own row instead."
         )
         share_prompts = False
-    if share_prompts:
-        return _score_shared_prompts(model, tokenizer, prompts, responses, max_length, batch_tokens, show_progress)
+    kept = None
+    if progress_dir is not None:
+        model_id = model_id or f"{getattr(model, 'name_or_path', '')} {model.dtype} {model.config.to_json_string()}"
+        key = run_key(prompts, responses, model=model_id, max_length=max_length, share_prompts=share_prompts)
+        kept = ScoringProgress(progress_dir, key, state.process_index)
+    try:
+        if share_prompts:
+            return _score_shared_prompts(
+                model, tokenizer, prompts, responses, max_length, batch_tokens, show_progress, kept
+            )
+        return _score_plainly(model, tokenizer, prompts, responses, max_length, batch_tokens, show_progress, kept)
+    except KeyboardInterrupt as interrupt:
+        if kept is None or isinstance(interrupt, ScoringInterrupted):
+            raise
+        raise ScoringInterrupted(len(kept.done), len(prompts), kept.folder) from interrupt
+
+
+def _score_plainly(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence,
+    responses: Sequence,
+    max_length: int | None,
+    batch_tokens: int,
+    show_progress: bool,
+    kept: ScoringProgress | None,
+) -> ScoringOutput:
+    """`score_responses` with one row per response."""
+    state = distributed_state()
+    adajudge = is_adajudge(model)
+    pad_token_id = _padding_id(model, tokenizer, adajudge)
 
     start = time.perf_counter()
     mine = range(state.process_index, len(prompts), state.num_processes)
@@ -268,7 +324,7 @@ def score_responses(
         with tqdm(
             total=len(encoded), desc="Scoring", unit="response", disable=not (show_progress and state.is_main_process)
         ) as progress:
-            results = _score_batches(model, encoded, batches, pad_token_id, adajudge, progress)
+            results = _score_batches(model, encoded, batches, pad_token_id, adajudge, progress, kept)
     finally:
         model.train(was_training)
     local_stats = [
@@ -320,6 +376,7 @@ def _score_shared_prompts(
     max_length: int | None,
     batch_tokens: int,
     show_progress: bool,
+    kept: ScoringProgress | None,
 ) -> ScoringOutput:
     """`score_responses(share_prompts=True)`: packed rows per prompt group, split across processes by group."""
     state = distributed_state()
@@ -348,7 +405,7 @@ def _score_shared_prompts(
             disable=not (show_progress and state.is_main_process),
         ) as progress:
             pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-            results = _score_packed_batches(model, packed, members, batches, pad_token_id, progress)
+            results = _score_packed_batches(model, packed, members, batches, pad_token_id, progress, kept)
     finally:
         model.train(was_training)
     local_stats = [

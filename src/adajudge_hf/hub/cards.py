@@ -10,10 +10,11 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..checkpoint import ADAPTER_CONFIG_FILE
+from ..evaluation.provenance import weight_file_hashes
 from ..evaluation.reward_bench import reward_bench_card_results, reward_bench_card_table
 from ..modeling import AdaJudgeConfig
 from ..modeling.configuration_adajudge import POOLING_EXPERTS
-from .folders import _BENCHMARKS, Evaluation, _is_repo_id, check_checkpoint, read_evaluations
+from .folders import _BENCHMARKS, Evaluation, _is_repo_id, check_checkpoint, check_evaluations_match, read_evaluations
 
 
 logger = logging.getLogger(__name__)
@@ -333,19 +334,24 @@ def render_card(
     datasets: list[str] | None = None,
     license: str | None = None,
     code_revision: str | None = None,
+    force: bool = False,
 ) -> ModelCard:
     """The model card (README.md) of a judge checkpoint, with the measured numbers of its evaluation folder(s).
 
     `eval_dir` is one or more `adajudge evaluate --output-dir` folders, or a folder of them; their metrics go into the
     card's table and `model-index`, each labelled with the command that produced it. `base_model` defaults to the
     backbone recorded in the checkpoint (when it is a Hub id); `repo_id` (default `org/<folder name>`) is used in the
-    usage snippets; `code_revision` pins the remote-code snippet of a full checkpoint to a commit.
+    usage snippets; `code_revision` pins the remote-code snippet of a full checkpoint to a commit. Evaluations of
+    other weights than the checkpoint's are refused unless `force` (`check_evaluations_match`).
     """
     folder = Path(checkpoint_dir)
+    form, evaluations = check_checkpoint(folder), read_evaluations(eval_dir)
+    if evaluations:
+        check_evaluations_match(evaluations, folder, weight_file_hashes(folder), force=force)
     return _checkpoint_card(
         folder,
-        check_checkpoint(folder),
-        read_evaluations(eval_dir),
+        form,
+        evaluations,
         repo_id=repo_id or f"{DEFAULT_NAMESPACE}/{folder.resolve().name}",
         base_model=base_model,
         datasets=datasets,

@@ -12,6 +12,7 @@ import sys
 
 from huggingface_hub.errors import HfHubHTTPError
 
+from ..cli import accept_underscore_flags
 from .cards import FAMILY, render_card, render_family_card
 from .push import push_judge
 
@@ -32,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-model", help="Hub id of the backbone (default: the one recorded in the checkpoint)")
     parser.add_argument("--dataset", action="append", dest="datasets", help="Hub id of a training dataset; repeatable")
     parser.add_argument("--license", help="license id for the card, e.g. apache-2.0 (usually the backbone's)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="publish --eval-dir results even if metrics.json records other weights than the checkpoint's",
+    )
     push = parser.add_argument_group("push")
     push.add_argument("--private", action="store_true", help="create the repo as private")
     push.add_argument("--revision", help="branch to push to, created from main when new")
@@ -41,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--render-card-only", action="store_true", help="write the card to --output; send nothing")
     render.add_argument("--family", choices=sorted(FAMILY), help="render the card of one of the paper's judges")
     render.add_argument("--output", help="where to write the rendered card (with --render-card-only)")
-    return parser
+    return accept_underscore_flags(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                     base_model=args.base_model,
                     datasets=args.datasets,
                     license=args.license,
+                    force=args.force,
                 )
             card.save(args.output)
             print(f"Model card written to {args.output}")
@@ -79,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             base_model=args.base_model,
             datasets=args.datasets,
             license=args.license,
+            force=args.force,
         )
     except HfHubHTTPError as error:  # an OSError too: catch it first
         print(f"adajudge push: the Hub refused the request: {error}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """What gets published, checked locally: the judge checkpoint folder and the `adajudge evaluate` output folders."""
 
 import json
+import logging
 import re
 import shlex
 from dataclasses import dataclass
@@ -9,9 +10,12 @@ from pathlib import Path
 from safetensors import safe_open
 
 from ..checkpoint import detect_judge_form
+from ..evaluation.provenance import weights_fingerprint
 from ..lora import HEAD_MODULE
 from ..modeling import AdaJudgeConfig
 
+
+logger = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -153,3 +157,39 @@ def read_evaluations(eval_dirs: str | Path | list[str | Path] | None) -> list[Ev
             "evaluation/ folder. Give each evaluation its own folder name."
         )
     return evaluations
+
+
+def check_evaluations_match(
+    evaluations: list[Evaluation], checkpoint_dir: str | Path, weight_hashes: dict[str, str], force: bool = False
+) -> None:
+    """Refuse evaluations that scored other weights than the checkpoint's, unless `force`.
+
+    `weight_hashes` are the sha256 of the checkpoint's `*.safetensors` files (`provenance.weight_file_hashes`, or the
+    hashes huggingface_hub computes for the upload). An evaluation that does not record its judge's fingerprint
+    (scored in memory, or by an older version) cannot be checked: a warning says so.
+    """
+    fingerprint = weights_fingerprint(weight_hashes)
+    for evaluation in evaluations:
+        judge = evaluation.report.get("judge") or {}
+        recorded = judge.get("fingerprint")
+        path = evaluation.folder / "metrics.json"
+        if recorded == fingerprint:
+            continue
+        if recorded is None and evaluation.report.get("model") != "length-baseline":
+            logger.warning(
+                f"{path} does not record which weights it scored (evaluated in memory or by an older adajudge-hf), "
+                f"so it cannot be checked against {checkpoint_dir}; `adajudge evaluate --model {checkpoint_dir}` "
+                "records them."
+            )
+            continue
+        if force:
+            logger.warning(f"{path} scored other weights than {checkpoint_dir}; publishing it anyway (force).")
+            continue
+        scored = (
+            f"{evaluation.report.get('model')} (weights {recorded})" if recorded else evaluation.report.get("model")
+        )
+        raise ValueError(
+            f"{path} holds the scores of {scored}, not of {checkpoint_dir} (weights {fingerprint}), so the card "
+            f"would publish another checkpoint's numbers. Evaluate this checkpoint (`adajudge evaluate --model "
+            f"{checkpoint_dir} ...`) or pass --force (`force=True`) to publish them anyway."
+        )

@@ -7,8 +7,9 @@ from pathlib import Path
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
 
 from .. import __version__
+from ..evaluation.provenance import WEIGHTS_SUFFIX
 from .cards import _checkpoint_card
-from .folders import _REPO_ID, Evaluation, check_checkpoint, read_evaluations
+from .folders import _REPO_ID, Evaluation, check_checkpoint, check_evaluations_match, read_evaluations
 
 
 logger = logging.getLogger(__name__)
@@ -52,19 +53,29 @@ def push_judge(
     base_model: str | None = None,
     datasets: list[str] | None = None,
     license: str | None = None,
+    force: bool = False,
 ) -> CommitInfo:
     """Push a judge checkpoint folder (any `save_judge` form) to `repo_id` with its generated model card.
 
     Uploads every file of the folder (weights, config, tokenizer; the remote-code files for the full form), the card
     rendered by `render_card` (with `eval_dir`'s measured numbers, routing report and plot) and the evaluations'
     `metrics.json`. `revision` is a branch, created from `main` when new. The token defaults to `HF_TOKEN` or the
-    cached login. Everything is checked before the first request, so bad input creates nothing on the Hub.
+    cached login. Everything is checked before the first request, so bad input creates nothing on the Hub; that
+    includes evaluations of other weights than the checkpoint's (`check_evaluations_match`), unless `force`.
     Returns the `CommitInfo` of the last commit.
     """
     folder = Path(checkpoint_dir)
     if not _REPO_ID.fullmatch(repo_id):
         raise ValueError(f"`repo_id` must look like 'org/name', got {repo_id!r}.")
     form, evaluations = check_checkpoint(folder), read_evaluations(eval_dir)
+    operations = _upload_operations(folder, form, evaluations)
+    # The sha256 that the upload needs anyway (computed once, reused by huggingface_hub) identifies the weights.
+    weight_hashes = {
+        operation.path_in_repo: operation.upload_info.sha256.hex()
+        for operation in operations
+        if operation.path_in_repo.endswith(WEIGHTS_SUFFIX) and "/" not in operation.path_in_repo
+    }
+    check_evaluations_match(evaluations, folder, weight_hashes, force=force)
     card_kwargs = dict(repo_id=repo_id, base_model=base_model, datasets=datasets, license=license)
     card = _checkpoint_card(folder, form, evaluations, code_revision=None, **card_kwargs)
     token = token or get_token()
@@ -81,7 +92,6 @@ def push_judge(
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision not in (None, "main"):
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    operations = _upload_operations(folder, form, evaluations)
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
     info = api.create_commit(
         repo_id,
