@@ -364,6 +364,7 @@ def test_card_from_real_evaluation_holds_the_measured_numbers(hub, tmp_path, bac
     assert (
         f"`adajudge evaluate --model {checkpoint} --benchmark rm-bench --data {tmp_path}/benchmarks/rm-bench`" in text
     )
+    assert f"; weights fingerprint `{rm_bench['judge']['fingerprint']}`):" in text  # which weights were measured
     assert f"| **overall** | **{rm_bench['metrics']['overall']:.1f}** |" in text
     assert f"| **overall** (all pairs) | **{judgebench['metrics']['overall']:.1f}** | 4 |" in text
     assert "Not scored: math, code" in text

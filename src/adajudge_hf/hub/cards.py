@@ -103,6 +103,7 @@ def _table(evaluation: Evaluation) -> dict:
     return {
         "title": evaluation.title,
         "command": evaluation.command,
+        "fingerprint": (evaluation.report.get("judge") or {}).get("fingerprint"),
         "size": size,
         "header": header,
         "rows": rows,
