@@ -6,6 +6,7 @@ from conftest import randomize_head
 from transformers import AutoModelForSequenceClassification
 
 from adajudge_hf.evaluation import length_buckets, score_by_length, score_responses
+from adajudge_hf.evaluation.progress import ScoringInterrupted
 from adajudge_hf.testing import make_tiny_backbone_config
 from adajudge_hf.tokenization import encode_prompt_response
 
@@ -151,3 +152,36 @@ def test_shared_prompt_scoring_equals_plain_scoring(make_judge, tiny_tokenizer, 
     torch.testing.assert_close(shared.routing_weights, plain.routing_weights, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(shared.depth_weights, plain.depth_weights, atol=1e-4, rtol=1e-4)
     assert shared.num_tokens < plain.num_tokens
+
+
+@pytest.mark.parametrize("share_prompts", [False, True])
+def test_interrupted_scoring_resumes_from_the_kept_batches(
+    judge, tiny_tokenizer, tmp_path, monkeypatch, share_prompts
+):
+    """Ctrl-C after 2 batches keeps them in `progress_dir`; the rerun scores only the rest and returns exactly the
+    rewards, pi and alpha of an uninterrupted run (same batches), in plain and packed (shared-prompt) layouts."""
+    prompts = [prompt for prompt in PROMPTS for _ in range(2)]
+    responses = [response for response in RESPONSES for _ in range(2)]
+    kwargs = dict(batch_tokens=64, show_progress=False, share_prompts=share_prompts)
+    reference = score_responses(judge, tiny_tokenizer, prompts, responses, **kwargs)
+
+    forward, rows = type(judge).forward, []
+
+    def counted_forward(model, *args, interrupt_at=None, **inputs):
+        if len(rows) + 1 == interrupt_at:
+            raise KeyboardInterrupt
+        rows.append(inputs["input_ids"].shape[0])
+        return forward(model, *args, **inputs)
+
+    monkeypatch.setattr(type(judge), "forward", lambda *a, **k: counted_forward(*a, interrupt_at=3, **k))
+    with pytest.raises(ScoringInterrupted, match=f"interrupted; \\d+ of the {len(prompts)} responses are scored"):
+        score_responses(judge, tiny_tokenizer, prompts, responses, progress_dir=tmp_path, **kwargs)
+    kept = len((tmp_path / "scored-0.jsonl").read_text().splitlines()) - 1
+    assert kept > 0
+
+    rows.clear()
+    monkeypatch.setattr(type(judge), "forward", counted_forward)
+    resumed = score_responses(judge, tiny_tokenizer, prompts, responses, progress_dir=tmp_path, **kwargs)
+    assert 0 < sum(rows) < len(prompts)  # only what was missing
+    for name in ("rewards", "routing_weights", "depth_weights"):
+        assert torch.equal(getattr(resumed, name), getattr(reference, name)), name
