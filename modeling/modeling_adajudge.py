@@ -442,8 +442,8 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
             negative = (prompt_lengths < 0).nonzero().flatten().tolist()
             if negative:
                 raise ValueError(
-                    f"`prompt_lengths` must be >= 0 (it counts prompt tokens), got {prompt_lengths[negative].tolist()} "
-                    f"in row(s) {negative}."
+                    f"`prompt_lengths` must be >= 0, got {prompt_lengths[negative].tolist()} in row(s) {negative}: a "
+                    "prompt length is the number of prompt tokens among the row's valid tokens."
                 )
             too_long = (prompt_lengths >= valid_counts).nonzero().flatten().tolist()
             if too_long:

@@ -130,14 +130,10 @@ def reference_heads(model, h0, prompt_length, prompt_context_length=None):
     response = torch.arange(seq_len) >= prompt_length
 
     # Stage I: H(k) = T_k(H(k-1)); alpha = softmax(W_alpha meanpool(H0)); H~ = sum_k alpha_k H(k).
-    states = [h0]
+    states, causal = [h0], config.refinement_attention == "causal"
     for k in range(config.num_refinement_blocks):
         block = {name.split(".", 2)[2]: w for name, w in weights.items() if name.startswith(f"refinement_blocks.{k}.")}
-        states.append(
-            reference_block(
-                states[-1], block, config.refinement_num_heads, config.refinement_attention == "causal", config.rms_norm_eps
-            )
-        )
+        states.append(reference_block(states[-1], block, config.refinement_num_heads, causal, config.rms_norm_eps))
     candidates = states if config.depth_router_include_input or len(states) == 1 else states[1:]
     if config.num_refinement_blocks:
         alpha = (weights["depth_router.weight"] @ h0.mean(0) + weights["depth_router.bias"]).softmax(-1)
@@ -450,7 +446,7 @@ IDS = torch.tensor([[10, 11, 12, 13], [10, 11, 12, 13]])
         ),
         (
             {"prompt_lengths": torch.tensor([-1, 2])},
-            r"`prompt_lengths` must be >= 0 \(it counts prompt tokens\), got \[-1\] in row\(s\) \[0\]",
+            r"`prompt_lengths` must be >= 0, got \[-1\] in row\(s\) \[0\]: a prompt length is the number of",
         ),
         (
             {"prompt_lengths": torch.tensor([1, 7]), "attention_mask": torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])},
