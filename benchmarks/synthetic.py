@@ -1,15 +1,20 @@
 """Does the pooling router send each kind of evidence to the right expert? A synthetic three-task suite.
 
 Every pair's prompt carries a task marker; the evidence that decides the pair sits in a known place:
-- END: only the last response token differs (GOOD vs BAD) -> the last-token expert;
+- END: the last response token is GOOD vs BAD (both also occur as decoys anywhere in every body, so only the last
+  position decides) -> the last-token expert;
 - SPREAD: 60% vs 40% of the response tokens come from one class -> the mean expert;
-- SPOT: the rejected response hides one ERR token somewhere in its middle -> the attention expert.
+- SPOT: the rejected response hides one ERR token somewhere in its middle (ERR's embedding stands out, so its state
+  is separable on every backbone seed) -> the attention expert.
 Chosen and rejected bodies are independent draws, so shared tokens do not cancel and each task needs its expert.
 The tasks are mixed in one training set. The backbone is a frozen tiny random Llama (features computed once,
-packed), so every head trains in seconds. For each head the script reports per-task held-out accuracy and, for
-AdaJudge, the mean routing weights per task and whether their argmax is the expected expert.
+packed), so every head trains in seconds, with focal BT for all and the epoch chosen on a validation carve.
+Each seed is first gated: every task must be solved (>= 95 %) by its matched static pooling, else the generator, not
+the router, failed on that seed. Then each AdaJudge variant passes a seed when every task is >= 95 % with the argmax
+of its mean routing weights on the task's expert. Variants beyond `adajudge` (the paper-faithful default) are
+router lock-in remedies, all `train_heads` options.
 
-    python benchmarks/synthetic.py                 # 2 seeds, all variants; writes benchmarks/results/synthetic.*
+    python benchmarks/synthetic.py                 # 5 seeds, all variants; writes benchmarks/results/synthetic.*
     python benchmarks/synthetic.py --seeds 0 --epochs 3 --train-per-task 200   # quick look
 """
 
@@ -34,25 +39,31 @@ MARKERS = {"END": 2, "SPREAD": 3, "SPOT": 4}
 CLASS_P = list(range(8, 28))
 NEUTRAL = list(range(28, 200))
 VOCAB = 200
+ERR_SCALE = 1.0  # vs initializer_range 0.1 of every other embedding
 
-# name -> (AdaJudgeConfig overrides, train_heads overrides)
+STATIC = ("last", "mean", "attention")
+NO_FLOOR = {"entropy_floor_coef": 0.0}
+# name -> (AdaJudgeConfig overrides, train_heads overrides). Focal BT (gamma 2, the default) for every pooling; the
+# entropy floor only where there is a router. `adajudge` is the paper-faithful default; the rest are lock-in remedies.
 VARIANTS = {
-    "last": ({"pooling": "last", "focal_gamma": 0.0, "entropy_floor_coef": 0.0}, {}),
-    "mean": ({"pooling": "mean", "focal_gamma": 0.0, "entropy_floor_coef": 0.0}, {}),
-    "attention": ({"pooling": "attention", "focal_gamma": 0.0, "entropy_floor_coef": 0.0}, {}),
+    **{name: ({"pooling": name, **NO_FLOOR}, {}) for name in STATIC},
     "adajudge": ({}, {}),
-    "adajudge+aux": ({}, {"expert_aux_loss_coef": 1.0}),
+    "adajudge_no_floor": (NO_FLOOR, {}),
+    "adajudge+expert_aux": ({}, {"expert_aux_loss_coef": 1.0}),
+    "adajudge+load_balancing": ({}, {"load_balancing_coef": 0.1}),
+    "adajudge+temperature_annealing": ({}, {"router_temperature_start": 5.0}),
     "adajudge+router_lr10": ({}, {"router_learning_rate_multiplier": 10.0}),
     "adajudge+aux+warmup": ({}, {"expert_aux_loss_coef": 1.0, "router_warmup_fraction": 0.3}),
 }
+DECOYS = 0.08  # share of body tokens that are GOOD or BAD: only the last token's identity decides END
 
 
 def make_pair(task: str, rng: random.Random) -> tuple[list[int], list[int], list[int]]:
     prompt = [BOS] + [MARKERS[task]] * 3 + [rng.choice(NEUTRAL) for _ in range(rng.randint(3, 8))]
     length = rng.randint(20, 60)
 
-    def body(n: int) -> list[int]:
-        return [rng.choice(NEUTRAL) for _ in range(n)]
+    def body(n: int) -> list[int]:  # GOOD / BAD decoys anywhere: END is about the last token, not its content
+        return [rng.choice((GOOD, BAD)) if rng.random() < DECOYS else rng.choice(NEUTRAL) for _ in range(n)]
 
     if task == "END":
         return prompt, body(length - 1) + [GOOD], body(length - 1) + [BAD]
@@ -92,44 +103,97 @@ def build(seed: int, **overrides) -> AdaJudgeForRewardModeling:
     config = AdaJudgeConfig(text_config=frozen_backbone(), num_refinement_blocks=0, head_hidden_size=64, **overrides)
     torch.manual_seed(seed)
     model = AdaJudgeForRewardModeling._from_config(config, attn_implementation="sdpa").eval()
-    with torch.no_grad():  # give class-P tokens a shared direction, so SPREAD is visible in the states
+    with torch.no_grad():
         embeddings = model.model.get_input_embeddings().weight
-        direction = torch.randn(embeddings.shape[1], generator=torch.Generator().manual_seed(seed)) * 0.1
+        generator = torch.Generator().manual_seed(seed)
+        # Class-P tokens share a direction, so SPREAD is visible in the states.
+        direction = torch.randn(embeddings.shape[1], generator=generator) * 0.1
         embeddings[CLASS_P] = 0.5 * embeddings[CLASS_P] + direction
+        # ERR stands out from every other token by a wide margin, so one ERR state is separable on every seed (with
+        # the default init a random backbone can blur it into its neighbours: SPOT then fails for every head).
+        embeddings[ERR] = torch.randn(embeddings.shape[1], generator=generator) * ERR_SCALE
     return model
 
 
-def run(seeds: list[int], train_per_task: int, test_per_task: int, epochs: int, lr: float) -> dict:
-    results = {"settings": locals(), "runs": []}
+def carve_validation(tasks: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, validation) of the training rows: `fraction` of each task goes to validation."""
+    rng = random.Random(2_000 + seed)
+    train, validation = [], []
+    for task in TASKS:
+        members = [i for i, t in enumerate(tasks) if t == task]
+        rng.shuffle(members)
+        cut = round(fraction * len(members))
+        validation += members[:cut]
+        train += members[cut:]
+    return sorted(train), sorted(validation)
+
+
+def run(seeds: list[int], train_per_task: int, test_per_task: int, epochs: int, lr: float, names: list[str]) -> dict:
+    results = {"settings": {k: v for k, v in locals().items()}, "runs": [], "seeds": {}}
     for seed in seeds:
         backbone = build(seed)
-        train_rows, _ = make_split(train_per_task, seed)
+        rows, tasks = make_split(train_per_task, seed)
+        train_index, validation_index = carve_validation(tasks, 0.15, seed)
         test_rows, test_tasks = make_split(test_per_task, 10_000 + seed)
-        train = features_of_packed_rows(backbone, train_rows, PAD, dtype=torch.float32, show_progress=False)
+        features = features_of_packed_rows(backbone, rows, PAD, dtype=torch.float32, show_progress=False)
         test = features_of_packed_rows(backbone, test_rows, PAD, dtype=torch.float32, show_progress=False)
-        for name, (config_overrides, train_overrides) in VARIANTS.items():
+        train, validation = [features[i] for i in train_index], [features[i] for i in validation_index]
+        for name in names:
+            config_overrides, train_overrides = VARIANTS[name]
             start = time.perf_counter()
             model = build(seed, **config_overrides)
             model.model = backbone.model  # same frozen backbone; only the heads differ
-            train_heads(
-                model, train, epochs=epochs, batch_size=64, learning_rate=lr, seed=seed, show_progress=False,
-                **train_overrides,
+            result = train_heads(
+                model, train, validation_features=validation, epochs=epochs, batch_size=64, learning_rate=lr,
+                seed=seed, show_progress=False, **train_overrides,
             )  # fmt: skip
             scored = score_features(model, test)
             correct = scored["rewards"][:, 0] > scored["rewards"][:, 1]
-            run = {"seed": seed, "variant": name, "seconds": time.perf_counter() - start, "tasks": {}}
-            for task, expert in TASKS.items():
+            run = {"seed": seed, "variant": name, "seconds": time.perf_counter() - start,
+                   "best_epoch": result.best_epoch, "tasks": {}}  # fmt: skip
+            for task in TASKS:
                 index = torch.tensor([t == task for t in test_tasks])
                 entry = {"accuracy": 100 * correct[index].float().mean().item()}
                 if model.config.pooling == "adaptive":
                     pi = scored["routing_weights"][index].reshape(-1, 3).mean(0)  # both responses of each pair
                     entry["mean_pi"] = dict(zip(model.config.experts, pi.tolist()))
-                    entry["argmax_is_expected"] = model.config.experts[int(pi.argmax())] == expert
+                    entry["argmax"] = model.config.experts[int(pi.argmax())]
                 run["tasks"][task] = entry
             results["runs"].append(run)
-            summary = " ".join(f"{t} {e['accuracy']:.1f}" for t, e in run["tasks"].items())
-            print(f"seed {seed} {name:>22}: {summary}", flush=True)
+            summary = " ".join(f"{t} {e['accuracy']:.1f}{'/' + e['argmax'] if 'argmax' in e else ''}"
+                               for t, e in run["tasks"].items())  # fmt: skip
+            print(f"seed {seed} {name:>30}: {summary}  (best epoch {result.best_epoch:g})", flush=True)
+        results["seeds"][seed] = judge_seed([r for r in results["runs"] if r["seed"] == seed])
+        print(f"seed {seed}: {results['seeds'][seed]}", flush=True)
     return results
+
+
+def judge_seed(runs: list[dict], bar: float = 95.0) -> dict:
+    """The suite's verdict on one seed.
+
+    `sound`: every task is solved (>= bar) by its matched static pooling, else the generator (not the router) failed on
+    this seed. `competent`: the experts whose static pooling solves each task. Each variant `passes` when every task is
+    >= bar with pi's argmax on the task's expert (`passes_competent`: on any competent expert instead).
+    """
+    by_name = {r["variant"]: r for r in runs}
+    accuracy = {name: {t: by_name[name]["tasks"][t]["accuracy"] for t in TASKS} for name in STATIC if name in by_name}
+    verdict = {
+        "sound": all(accuracy.get(expert, {}).get(task, 0.0) >= bar for task, expert in TASKS.items()),
+        "competent": {t: [e for e in STATIC if accuracy.get(e, {}).get(t, 0.0) >= bar] for t in TASKS},
+        "static_fails_a_task": {e: any(a < bar for a in accuracy[e].values()) for e in accuracy},
+        "passes": {},
+        "passes_competent": {},
+    }
+    for run in runs:
+        tasks = run["tasks"]
+        if "argmax" not in next(iter(tasks.values())):
+            continue
+        solved = all(tasks[t]["accuracy"] >= bar for t in TASKS)
+        verdict["passes"][run["variant"]] = solved and all(tasks[t]["argmax"] == e for t, e in TASKS.items())
+        verdict["passes_competent"][run["variant"]] = solved and all(
+            tasks[t]["argmax"] in verdict["competent"][t] for t in TASKS
+        )
+    return verdict
 
 
 def write(results: dict, output_dir: Path) -> None:
@@ -141,40 +205,58 @@ def write(results: dict, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "synthetic.json").write_text(json.dumps(results, indent=2, default=str))
     seeds = sorted({r["seed"] for r in results["runs"]})
+    names = list(dict.fromkeys(r["variant"] for r in results["runs"]))
+    verdicts = results["seeds"]
+    sound = [s for s in seeds if verdicts[s]["sound"]]
     lines = [
         "# Synthetic routing suite",
         "",
-        f"Seeds {seeds}; held-out accuracy % per task (seed values, then mean).",
+        f"Seeds {seeds}; {results['settings']['train_per_task']} training pairs per task (15% carved for validation, "
+        f"the best epoch of at most {results['settings']['epochs']} kept), {results['settings']['test_per_task']} "
+        "test pairs per task; focal BT for every head. Cells: held-out accuracy % per seed; for AdaJudge also the "
+        "argmax of the mean pi on that task (L / M / A).",
         "",
+        f"**Gate**: a seed is sound when each task is solved (>= 95 %) by its matched static pooling "
+        f"(END-last, SPREAD-mean, SPOT-attention). Sound seeds: {sound} of {seeds}.",
+        "",
+        "| variant | END | SPREAD | SPOT | every task >= 95 % with argmax on the task's expert (per seed) | "
+        "... on a competent expert |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += ["| variant | END | SPREAD | SPOT | routing argmax right (END/SPREAD/SPOT) |", "|---|---|---|---|---|"]
     means = {}
-    for name in VARIANTS:
+    for name in names:
         runs = [r for r in results["runs"] if r["variant"] == name]
         cells = []
         for task in TASKS:
             values = [r["tasks"][task]["accuracy"] for r in runs]
             means.setdefault(name, []).append(sum(values) / len(values))
-            cells.append("/".join(f"{v:.1f}" for v in values) + f" ({sum(values) / len(values):.1f})")
-        routing = "; ".join(
-            "/".join("yes" if r["tasks"][t].get("argmax_is_expected") else "no" for t in TASKS) for r in runs
-        )
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {routing if 'adajudge' in name else '-'} |")
-    lines += ["", "Mean routing weights pi (last, mean, attention) per task, first seed:", ""]
+            marks = [r["tasks"][task].get("argmax", "")[:1].upper() for r in runs]
+            cells.append(" / ".join(f"{v:.1f}{m}" for v, m in zip(values, marks)))
+        if name in STATIC:
+            fails = [verdicts[r["seed"]]["static_fails_a_task"][name] for r in runs]
+            passes = passes_competent = "fails a task on " + f"{sum(fails)}/{len(fails)} seeds"
+        else:
+            passes = " ".join("✓" if verdicts[r["seed"]]["passes"][name] else "✗" for r in runs)
+            passes_competent = " ".join("✓" if verdicts[r["seed"]]["passes_competent"][name] else "✗" for r in runs)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {passes} | {passes_competent} |")
+    lines += ["", "Competent experts per seed (static pooling >= 95 %): " + "; ".join(
+        f"s{s} " + ", ".join(f"{t}: {'+'.join(v) or '-'}" for t, v in verdicts[s]["competent"].items()) for s in seeds
+    )]  # fmt: skip
+    lines += ["", "Mean routing weights pi (last, mean, attention) per task and seed:", ""]
     for run in results["runs"]:
-        if run["seed"] == seeds[0] and "adajudge" in run["variant"]:
+        if run["variant"] not in STATIC:
             pis = "; ".join(
                 f"{t} ({', '.join(f'{v:.2f}' for v in e['mean_pi'].values())})" for t, e in run["tasks"].items()
             )
-            lines.append(f"- {run['variant']}: {pis}")
+            lines.append(f"- s{run['seed']} {run['variant']}: {pis}")
     (output_dir / "synthetic.md").write_text("\n".join(lines) + "\n")
 
-    figure, axis = plt.subplots(figsize=(7, 3.2))
-    width = 0.8 / len(VARIANTS)
+    figure, axis = plt.subplots(figsize=(8, 3.2))
+    width = 0.8 / len(names)
     for i, (name, values) in enumerate(means.items()):
         axis.bar([t + i * width for t in range(len(TASKS))], values, width, label=name)
     axis.set_xticks([t + 0.4 - width / 2 for t in range(len(TASKS))], list(TASKS))
-    axis.set_ylabel("held-out accuracy %")
+    axis.set_ylabel("held-out accuracy % (mean of seeds)")
     axis.set_ylim(40, 100)
     axis.legend(fontsize=6, ncol=2)
     figure.tight_layout()
@@ -184,16 +266,20 @@ def write(results: dict, output_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--train-per-task", type=int, default=1000)
     parser.add_argument("--test-per-task", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
     parser.add_argument("--output-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     seeds = [int(s) for s in args.seeds.split(",")]
-    results = run(seeds, args.train_per_task, args.test_per_task, args.epochs, args.learning_rate)
+    names = args.variants.split(",")
+    if set(names) - set(VARIANTS):
+        raise SystemExit(f"unknown variants {sorted(set(names) - set(VARIANTS))}; choose from {list(VARIANTS)}")
+    results = run(seeds, args.train_per_task, args.test_per_task, args.epochs, args.learning_rate, names)
     write(results, Path(args.output_dir))
     return results
 

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from adajudge_hf.cli import main as cli_main
-from adajudge_hf.demo import JUDGES, PACKAGED, DemoArguments
+from adajudge_hf.demo import CAVEAT, JUDGES, PACKAGED, DemoArguments
 from adajudge_hf.embedded_data import load_embedded_preferences
 from adajudge_hf.tokenization import encode_prompt_response
 
@@ -24,6 +24,12 @@ def test_demo_trains_compares_and_packages_a_judge(tmp_path, capsys):
     for name in JUDGES:  # the side-by-side table, printed and saved
         assert name in printed and name in (output_dir / "summary.md").read_text()
         assert summary["table"][name]["held-out pairs"]["num_pairs"] == 12
+        assert 0 < summary["table"][name]["best_epoch"] <= 1  # chosen on validation, within the budget
+        if name != PACKAGED:  # every judge compared with AdaJudge on the same held-out pairs, with an interval
+            difference = summary["table"][name]["difference_to_adajudge"]
+            assert difference["ci_low"] <= difference["diff"] <= difference["ci_high"]
+    assert set(summary["table"][PACKAGED]["mean_routing"]) == {"last", "mean", "attention"}
+    assert CAVEAT in printed  # the table says what it does and does not show
     assert (output_dir / "eval" / "adajudge" / "pairs" / "routing.png").stat().st_size > 0
     assert "total time" in printed
 
@@ -46,7 +52,14 @@ def test_demo_trains_compares_and_packages_a_judge(tmp_path, capsys):
     assert reward.logits[0, 0].item() == pytest.approx(record["score_chosen"], abs=2e-2)
 
 
-def test_demo_rejects_unknown_mode():
-    with pytest.raises(ValueError, match="mode"):
-        DemoArguments(mode="full")
+def test_demo_needs_a_validation_split():
+    with pytest.raises(ValueError, match="validation_fraction"):
+        DemoArguments(validation_fraction=0.0)
     assert PACKAGED in JUDGES
+
+
+def test_every_judge_trains_with_the_same_loss():
+    # Pooling, not the loss, is what the demo compares: focal BT everywhere, the floor only with a router.
+    for name, fields in JUDGES.items():
+        assert "focal_gamma" not in fields, name  # the config default (gamma 2) for all
+        assert fields.get("entropy_floor_coef", 0.1) == (0.1 if name == PACKAGED else 0.0), name

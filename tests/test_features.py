@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import randomize_head
 
-from adajudge_hf.features import extract_features, score_features, train_heads
+from adajudge_hf.features import extract_features, load_balancing_loss, score_features, train_heads
 from adajudge_hf.packing import encode_packed
 from adajudge_hf.tokenization import encode_prompt_response
 
@@ -56,7 +56,7 @@ def test_heads_learn_from_cached_features(make_judge, tiny_tokenizer, pooling):
     train = extract_features(model, tiny_tokenizer, synthetic_pairs(96), show_progress=False)
     held_out = extract_features(model, tiny_tokenizer, synthetic_pairs(48, seed=1), show_progress=False)
     before = {n: p.clone() for n, p in model.judge_head.named_parameters()}
-    history = train_heads(model, train, epochs=8, batch_size=16, learning_rate=3e-3, show_progress=False)
+    history = train_heads(model, train, epochs=8, batch_size=16, learning_rate=3e-3, show_progress=False).history
     rewards = score_features(model, held_out)["rewards"]
     accuracy = (rewards[:, 0] > rewards[:, 1]).float().mean().item()
     assert accuracy >= 0.9, accuracy
@@ -72,7 +72,8 @@ def test_training_is_deterministic_for_a_seed(make_judge, tiny_tokenizer):
     for _ in range(2):
         model = make_judge(num_refinement_blocks=1)
         features = extract_features(model, tiny_tokenizer, synthetic_pairs(32), show_progress=False)
-        losses.append([r["loss"] for r in train_heads(model, features, epochs=1, batch_size=8, show_progress=False)])
+        result = train_heads(model, features, epochs=1, batch_size=8, show_progress=False)
+        losses.append([r["loss"] for r in result.history])
     assert losses[0] == losses[1]
 
 
@@ -81,3 +82,52 @@ def test_training_needs_pairs(make_judge, tiny_tokenizer):
     features = extract_features(model, tiny_tokenizer, [chat("q", "a", "b", "c")], show_progress=False)
     with pytest.raises(ValueError, match="preference pairs"):
         train_heads(model, features, show_progress=False)
+
+
+def swapped(pairs):
+    """The same pairs with chosen and rejected exchanged: a validation set on which learning makes things worse."""
+    return [(prompt, [responses[1], responses[0]]) for prompt, responses in pairs]
+
+
+def test_validation_keeps_the_best_check_and_never_a_later_one(make_judge, tiny_tokenizer):
+    pairs = synthetic_pairs(32)
+    features = extract_features(make_judge(), tiny_tokenizer, pairs, show_progress=False)
+    validation = extract_features(
+        make_judge(), tiny_tokenizer, swapped(synthetic_pairs(16, seed=1)), show_progress=False
+    )
+    model = make_judge(num_refinement_blocks=1)
+    result = train_heads(
+        model, features, validation_features=validation, epochs=3, batch_size=8, learning_rate=3e-3,
+        show_progress=False,
+    )  # fmt: skip
+    # Every further epoch fits the training preference better, so it scores worse on the swapped pairs.
+    assert [e["epoch"] for e in result.evaluations] == [1.0, 2.0, 3.0]
+    assert result.best_step == 4 and result.best_epoch == 1.0
+    assert result.evaluations[0]["bt_loss"] < result.evaluations[-1]["bt_loss"]
+    # The head returned is the one of that check: the same as training one epoch only.
+    one_epoch = make_judge(num_refinement_blocks=1)
+    train_heads(one_epoch, features, epochs=1, batch_size=8, learning_rate=3e-3, show_progress=False)
+    held_out = extract_features(model, tiny_tokenizer, synthetic_pairs(8, seed=2), show_progress=False)
+    torch.testing.assert_close(
+        score_features(model, held_out)["rewards"], score_features(one_epoch, held_out)["rewards"]
+    )
+
+
+def test_patience_stops_after_checks_without_gain(make_judge, tiny_tokenizer):
+    features = extract_features(make_judge(), tiny_tokenizer, synthetic_pairs(32), show_progress=False)
+    validation = extract_features(
+        make_judge(), tiny_tokenizer, swapped(synthetic_pairs(16, seed=1)), show_progress=False
+    )
+    result = train_heads(
+        make_judge(), features, validation_features=validation, evaluations_per_epoch=2, patience=2, epochs=5,
+        batch_size=8, learning_rate=3e-3, show_progress=False,
+    )  # fmt: skip
+    assert [e["step"] for e in result.evaluations] == [2, 4, 6]  # best at the first check, then two without gain
+    assert len(result.history) == 6 and result.best_step == 2
+
+
+def test_load_balancing_loss_is_one_when_balanced_and_grows_with_collapse():
+    balanced = torch.eye(3).repeat(4, 1)  # every expert takes a third of the rows
+    collapsed = torch.tensor([[1.0, 0.0, 0.0]]).repeat(12, 1)
+    assert load_balancing_loss(balanced).item() == pytest.approx(1.0)
+    assert load_balancing_loss(collapsed).item() == pytest.approx(3.0)

@@ -1,13 +1,16 @@
 """`adajudge demo`: train, compare and package a real judge in minutes on a laptop CPU, offline.
 
-On the embedded defaults (SmolLM2-135M-Instruct, HH-RLHF harmless pairs shipped in the package) it trains three
-judges with the same data, budget and seed on a frozen backbone — the stock reward-model readout (linear head on the
-last token), a last-token MLP head, and AdaJudge — evaluates them on held-out pairs (and on RM-Bench / JudgeBench
-when their data is given), prints a side-by-side table, writes the routing heatmap, and leaves a Hub-ready
-checkpoint folder with its model card: the artefacts a user would push with `adajudge push`.
+On the embedded defaults (SmolLM2-135M-Instruct, HH-RLHF harmless pairs shipped in the package) it trains five
+judges on a frozen backbone under one protocol — the same training pairs, budget, seed and loss (focal Bradley-Terry;
+AdaJudge adds the entropy floor on its router), each judge's checkpoint chosen on a validation split carved from the
+training pairs — namely the stock reward-model readout (linear head on the last token), last-token / mean /
+attention MLP heads, and AdaJudge. It evaluates them on held-out pairs (and on RM-Bench / JudgeBench when their data
+is given), prints accuracy with intervals, each judge's difference to AdaJudge and the routing, writes the routing
+heatmap, and leaves a Hub-ready checkpoint folder with its model card: the artefacts a user would push with
+`adajudge push`.
 
 The backbone is frozen, so its states are computed once per (prompt; chosen; rejected) row and every judge trains on
-them (`adajudge_hf.features`); `--mode lora` instead fine-tunes LoRA adapters with `AdaJudgeRewardTrainer`.
+them (`adajudge_hf.features`). To fine-tune the backbone (LoRA or full), use `adajudge train`.
 """
 
 import json
@@ -25,6 +28,7 @@ from transformers import AutoTokenizer, HfArgumentParser
 
 from .backbones import DEFAULT_BACKBONE, resolve_backbone
 from .checkpoint import save_judge
+from .comparison import hierarchical_bootstrap
 from .embedded_data import load_embedded_preferences
 from .evaluation.data import limit_per_group, load_benchmark, load_preference_pairs
 from .evaluation.report import as_chat, benchmark_examples, format_summary, report_scores
@@ -36,14 +40,23 @@ from .modeling import AdaJudgeForRewardModeling
 
 logger = logging.getLogger(__name__)
 
-# name -> AdaJudgeConfig fields. Baselines use the plain Bradley-Terry loss, as stock reward models do.
+# name -> AdaJudgeConfig fields. The same focal Bradley-Terry loss for every judge (the config default); the entropy
+# floor exists only where there is a router, so the static poolings turn it off.
+_STATIC = dict(num_refinement_blocks=0, entropy_floor_coef=0.0)
 JUDGES = {
-    "last-token linear (stock RM readout)": dict(
-        pooling="last", num_refinement_blocks=0, score_head="linear", focal_gamma=0.0, entropy_floor_coef=0.0
-    ),
-    "last-token MLP": dict(pooling="last", num_refinement_blocks=0, focal_gamma=0.0, entropy_floor_coef=0.0),
+    "last-token linear (stock RM readout)": dict(pooling="last", score_head="linear", **_STATIC),
+    "last-token MLP": dict(pooling="last", **_STATIC),
+    "mean MLP": dict(pooling="mean", **_STATIC),
+    "attention MLP": dict(pooling="attention", **_STATIC),
     "AdaJudge": dict(),
 }
+CAVEAT = (
+    "What this table shows: one seed, one training set, one held-out set. Accuracy intervals are 95 % Wilson "
+    "intervals over the held-out pairs; a difference whose interval contains 0 is not resolved. Every judge had the "
+    "same pairs, budget, seed and loss, and its checkpoint was chosen on validation pairs only. What it does not "
+    "show: whether AdaJudge is better in general: seed-to-seed variation is not in these intervals (see "
+    "benchmarks/quality.md for the multi-seed comparison), and on single-source data the router has little to route on."
+)
 PACKAGED = "AdaJudge"
 
 
@@ -61,12 +74,17 @@ class DemoArguments:
         metadata={"help": "'embedded' (HH-RLHF harmless pairs shipped in the package), or a local json/jsonl/"
                   "parquet file or Hub dataset of prompt/chosen/rejected pairs (split into train / held-out)."},
     )  # fmt: skip
-    train_pairs: int = field(default=600, metadata={"help": "Training pairs."})
+    train_pairs: int = field(
+        default=600, metadata={"help": "Training pairs (the validation split is carved from them)."}
+    )
+    validation_fraction: float = field(
+        default=0.15, metadata={"help": "Share of the training pairs held out to choose each judge's checkpoint."}
+    )
+    evaluations_per_epoch: int = field(default=2, metadata={"help": "Validation checks per epoch."})
     eval_pairs: int = field(default=300, metadata={"help": "Held-out pairs."})
     max_length: int = field(default=384, metadata={"help": "Tokens per prompt + response; prompts cut from the left."})
-    mode: str = field(default="frozen", metadata={"help": "'frozen' backbone (cached features) or 'lora'."})
     num_refinement_blocks: int = field(default=2, metadata={"help": "K of the AdaJudge judge."})
-    epochs: int = field(default=2, metadata={"help": "Epochs over the training pairs (frozen mode)."})
+    epochs: int = field(default=2, metadata={"help": "Most epochs over the training pairs."})
     learning_rate: float = field(default=5e-4, metadata={"help": "Learning rate of the heads."})
     batch_size: int = field(default=16, metadata={"help": "Pairs per step."})
     seed: int = field(default=0, metadata={"help": "Seed of data split, head initialisation and shuffling."})
@@ -78,10 +96,10 @@ class DemoArguments:
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where the judge, reports and plots go."})
 
     def __post_init__(self):
-        if self.mode not in ("frozen", "lora"):
-            raise ValueError(f"`mode` must be 'frozen' or 'lora', got {self.mode!r}.")
-        if self.train_pairs < 1 or self.eval_pairs < 1:
-            raise ValueError("`train_pairs` and `eval_pairs` must be >= 1.")
+        if self.train_pairs < 2 or self.eval_pairs < 1:
+            raise ValueError("`train_pairs` must be >= 2 (some go to validation) and `eval_pairs` >= 1.")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"`validation_fraction` must be in (0, 1), got {self.validation_fraction}.")
 
 
 def load_pairs(data: str, train_pairs: int, eval_pairs: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -127,8 +145,13 @@ def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     backbone = backbone_folder(args)
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    train, held_out = load_pairs(args.data, args.train_pairs, args.eval_pairs, args.seed)
-    print(f"backbone {args.backbone} ({backbone}); {len(train)} training pairs, {len(held_out)} held-out pairs")
+    pool, held_out = load_pairs(args.data, args.train_pairs, args.eval_pairs, args.seed)
+    split = pool.train_test_split(test_size=args.validation_fraction, shuffle=True, seed=args.seed)
+    train, validation = split["train"], split["test"]
+    print(
+        f"backbone {args.backbone} ({backbone}); {len(train)} training pairs, {len(validation)} validation pairs "
+        f"(carved from the training pairs), {len(held_out)} held-out pairs"
+    )
 
     judges = {}
     for name, fields in JUDGES.items():
@@ -146,7 +169,8 @@ def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
             benchmarks[benchmark] = (benchmark, dataset)
 
     print("computing backbone features once (frozen backbone; each prompt encoded once per group)")
-    train_features = extract_features(reference, tokenizer, as_groups(train), args.max_length)
+    pool_features = extract_features(reference, tokenizer, as_groups(train) + as_groups(validation), args.max_length)
+    train_features, validation_features = pool_features[: len(train)], pool_features[len(train) :]
     eval_features: dict[str, list[PackedFeatures]] = {}
     for label, (benchmark, dataset) in benchmarks.items():
         prompts, responses = benchmark_examples(benchmark, dataset)
@@ -158,26 +182,39 @@ def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
         ]
         eval_features[label] = extract_features(reference, tokenizer, groups, args.max_length)
 
-    table = {}
+    table, held_out_correct = {}, {}
     for name, judge in judges.items():
         print(f"training: {name}")
-        history = train_heads(
+        training = train_heads(
             judge,
             train_features,
+            validation_features=validation_features,
+            evaluations_per_epoch=args.evaluations_per_epoch,
             epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             seed=args.seed,
         )
-        row = {"final_train_loss": history[-1]["loss"]}
+        best = next(e for e in training.evaluations if e["step"] == training.best_step)
+        row = {"best_epoch": training.best_epoch, "validation_accuracy": 100 * best["accuracy"]}
         for label, (benchmark, dataset) in benchmarks.items():
             scored = score_features(judge, eval_features[label])
             report_dir = output_dir / "eval" / _slug(name) / benchmark
             info = {"model": name, "command": command}
             result = report_scores(benchmark, dataset, scoring_output(judge, scored), info, report_dir)
             row[label] = result.metrics
+            if benchmark == "pairs":
+                held_out_correct[name] = (scored["rewards"][:, 0] > scored["rewards"][:, 1]).double()
+                if scored["routing_weights"] is not None and scored["routing_weights"].shape[-1] > 1:
+                    row["mean_routing"] = dict(
+                        zip(judge.config.experts, scored["routing_weights"].flatten(0, 1).mean(0).tolist())
+                    )
             print("  " + format_summary(result).replace("\n", "\n  "))
         table[name] = row
+    for name, correct in held_out_correct.items():
+        if name != PACKAGED:  # one seed: the interval resamples held-out pairs only
+            diff, low, high = hierarchical_bootstrap(correct[None], held_out_correct[PACKAGED][None])
+            table[name]["difference_to_adajudge"] = {"diff": 100 * diff, "ci_low": 100 * low, "ci_high": 100 * high}
 
     packaged_dir = output_dir / "judge"
     save_judge(judges[PACKAGED], packaged_dir, form="full", tokenizer=tokenizer, overwrite=True)
@@ -199,8 +236,8 @@ def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     markdown = format_table(table, list(benchmarks))
-    (output_dir / "summary.md").write_text(markdown + "\n")
-    print("\n" + markdown)
+    (output_dir / "summary.md").write_text(markdown + "\n\n" + CAVEAT + "\n")
+    print("\n" + markdown + "\n\n" + CAVEAT)
     print(f"\nHub-ready judge: {packaged_dir}  (push with: adajudge push {packaged_dir} <org>/<name>)")
     print(f"routing heatmap: {summary['routing_heatmap']}")
     print(f"total time {elapsed / 60:.1f} min, peak memory {summary['peak_rss_mb']:.0f} MB")
@@ -212,9 +249,10 @@ def _slug(name: str) -> str:
 
 
 def format_table(table: dict, benchmarks: list[str]) -> str:
-    """Markdown table: one row per judge, the headline metric of each benchmark."""
-    header = "| judge | " + " | ".join(benchmarks) + " |"
-    lines = [header, "|" + "---|" * (len(benchmarks) + 1)]
+    """Markdown table: one row per judge, the headline metric of each benchmark, the difference to AdaJudge on the
+    held-out pairs, the epoch chosen on validation, and AdaJudge's mean routing weights."""
+    header = "| judge | " + " | ".join(benchmarks) + " | − AdaJudge, held-out pairs (95 % CI) | best epoch |"
+    lines = [header, "|" + "---|" * (len(benchmarks) + 3)]
     for name, row in table.items():
         cells = []
         for label in benchmarks:
@@ -223,7 +261,18 @@ def format_table(table: dict, benchmarks: list[str]) -> str:
                 cells.append(f"{metrics['accuracy']:.1f} [{metrics['ci_low']:.1f}, {metrics['ci_high']:.1f}]")
             else:
                 cells.append(f"{metrics['overall']:.1f}")
+        difference = row.get("difference_to_adajudge")
+        cells.append(
+            f"{difference['diff']:+.1f} [{difference['ci_low']:+.1f}, {difference['ci_high']:+.1f}]"
+            if difference
+            else "–"
+        )
+        cells.append(f"{row['best_epoch']:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    routing = table.get(PACKAGED, {}).get("mean_routing")
+    if routing:
+        lines += ["", "AdaJudge's mean routing weights on the held-out pairs: "
+                  + ", ".join(f"{expert} {weight:.2f}" for expert, weight in routing.items())]  # fmt: skip
     return "\n".join(lines)
 
 
