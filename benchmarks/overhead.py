@@ -99,12 +99,17 @@ def build_models(backbone: str, blocks: list[int], poolings: list[str]) -> dict[
     return models
 
 
-def batch(vocab_size: int, rows: int, seq_len: int, judge: bool) -> dict[str, torch.Tensor]:
+def batch(vocab_size: int, rows: int, seq_len: int, judge: bool, padded: bool = False) -> dict[str, torch.Tensor]:
+    """The same token ids and attention mask for both models (like for like). `padded`: the last row is half padding
+    (right side), so both models take their masked attention path."""
     generator = torch.Generator().manual_seed(0)
     inputs = {"input_ids": torch.randint(3, vocab_size, (rows, seq_len), generator=generator)}
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if padded:
+        inputs["input_ids"][-1, seq_len // 2 :] = 0  # pad id of both models
+        inputs["attention_mask"][-1, seq_len // 2 :] = 0
     if judge:
-        inputs["prompt_lengths"] = torch.full((rows,), seq_len // 2)
+        inputs["prompt_lengths"] = torch.full((rows,), seq_len // 4)
     return inputs
 
 
@@ -126,8 +131,8 @@ def time_train_step(model, optimizer, inputs) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(models: dict, fn, reps: int) -> dict[str, float]:
-    """Median seconds per model; models alternate (ABBA order) so drift hits all of them alike."""
+def interleaved(models: dict, fn, reps: int) -> dict[str, list[float]]:
+    """Seconds of every repetition per model; models alternate (ABBA order) so drift hits all of them alike."""
     for name in models:
         fn(name)  # warm-up
     times = {name: [] for name in models}
@@ -135,7 +140,16 @@ def interleaved(models: dict, fn, reps: int) -> dict[str, float]:
     for rep in range(reps):
         for name in order if rep % 2 == 0 else reversed(order):
             times[name].append(fn(name))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def ratio_row(times: dict[str, list[float]], name: str) -> dict[str, float]:
+    """Medians of `name` and of the stock model, the ratio of the medians, and the spread of the per-repetition
+    ratios (min, max): the run-to-run noise the ratio must be read against."""
+    per_rep = [a / b for a, b in zip(times[name], times["stock"])]
+    stock_s, adajudge_s = statistics.median(times["stock"]), statistics.median(times[name])
+    return {"stock_s": stock_s, "adajudge_s": adajudge_s, "ratio": adajudge_s / stock_s,
+            "ratio_min": min(per_rep), "ratio_max": max(per_rep), "reps": len(per_rep)}  # fmt: skip
 
 
 def peak_memory(backbone: str, variant: str, pairs: int, seq_len: int) -> float:
@@ -210,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
     models = build_models(backbone, blocks, args.poolings.split(","))
     vocab = models["stock"].config.vocab_size
     lengths = [int(n) for n in args.lengths.split(",")]
-    results = {"backbone": args.backbone, "torch_threads": torch.get_num_threads(), "analytic": analytic_shares()}
+    results = {"backbone": args.backbone, "torch_threads": torch.get_num_threads(), "forward_rows": args.forward_rows,
+               "reps": args.reps, "analytic": analytic_shares()}  # fmt: skip
     judge_config = models[args.length_sweep_variant].config
 
     # Forward: every variant at the training length, the sweep variant at every length.
@@ -218,25 +233,20 @@ def main(argv: list[str] | None = None) -> dict:
     for seq_len in lengths:
         names = list(models) if seq_len == args.train_length else ["stock", args.length_sweep_variant]
         subset = {name: models[name].eval() for name in names}
-        inputs = {name: batch(vocab, args.forward_rows, seq_len, name != "stock") for name in names}
-        medians = interleaved(
-            subset, lambda name, subset=subset, inputs=inputs: time_forward(subset[name], inputs[name]), args.reps
-        )
-        for name in names:
-            if name == "stock":
-                continue
-            backbone_flops, block_flops = matmul_flops_per_token(models[name].config, seq_len)
-            results["forward"].append(
-                {
-                    "variant": name,
-                    "seq_len": seq_len,
-                    "stock_s": medians["stock"],
-                    "adajudge_s": medians[name],
-                    "ratio": medians[name] / medians["stock"],
-                    "flop_lower_bound": 1 + block_flops / backbone_flops,
-                }
+        for padded in (False, True) if seq_len == args.train_length else (False,):
+            inputs = {name: batch(vocab, args.forward_rows, seq_len, name != "stock", padded) for name in names}
+            times = interleaved(
+                subset, lambda name, subset=subset, inputs=inputs: time_forward(subset[name], inputs[name]), args.reps
             )
-            print(f"forward {args.forward_rows}x{seq_len} {name:>16}: ratio {medians[name] / medians['stock']:.3f}")
+            for name in names:
+                if name == "stock" or (padded and name != args.length_sweep_variant):
+                    continue
+                backbone_flops, block_flops = matmul_flops_per_token(models[name].config, seq_len)
+                row = {"variant": name, "seq_len": seq_len, "padded_row": padded, **ratio_row(times, name),
+                       "flop_lower_bound": 1 + block_flops / backbone_flops}  # fmt: skip
+                results["forward"].append(row)
+                print(f"forward {args.forward_rows}x{seq_len}{' (one padded row)' if padded else ''} {name:>16}: "
+                      f"ratio {row['ratio']:.3f} (per-rep {row['ratio_min']:.3f}-{row['ratio_max']:.3f})")  # fmt: skip
 
     # One training step (full fine-tuning) of the stock model and the sweep variant.
     names = ["stock", args.length_sweep_variant]
@@ -245,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_models[args.length_sweep_variant].model = models["stock"].model
     optimizers = {name: torch.optim.AdamW(train_models[name].parameters(), lr=1e-6) for name in names}
     train_inputs = {name: batch(vocab, 2 * args.train_pairs, args.train_length, name != "stock") for name in names}
-    medians = interleaved(
+    times = interleaved(
         train_models, lambda name: time_train_step(train_models[name], optimizers[name], train_inputs[name]), args.reps
     )
     backbone_flops, block_flops = matmul_flops_per_token(judge_config, args.train_length)
@@ -253,9 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variant": args.length_sweep_variant,
         "pairs": args.train_pairs,
         "seq_len": args.train_length,
-        "stock_s": medians["stock"],
-        "adajudge_s": medians[args.length_sweep_variant],
-        "ratio": medians[args.length_sweep_variant] / medians["stock"],
+        **ratio_row(times, args.length_sweep_variant),
         "flop_lower_bound": 1 + block_flops / backbone_flops,
     }
     print(f"train step {args.train_pairs} pairs x {args.train_length}: ratio {results['train_step']['ratio']:.3f}")
@@ -287,15 +295,25 @@ def write_results(results: dict, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "overhead.json").write_text(json.dumps(results, indent=2))
     lines = [f"# Overhead of the AdaJudge heads ({results['backbone']}, {results['torch_threads']} threads)", ""]
-    lines += ["| variant | seq len | stock s | AdaJudge s | ratio | FLOP lower bound |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"Forward of {results.get('forward_rows', 8)} rows, the same inputs for both models; ratio = median / median, "
+        "in brackets the min-max of the per-repetition ratios (run-to-run noise). `padded` = the last row is half "
+        "padding, so both models take the masked attention path.",
+        "",
+        "| variant | seq len | padded row | stock s | AdaJudge s | ratio [per-rep min, max] | FLOP lower bound |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in results["forward"]:
+        spread = f" [{row['ratio_min']:.2f}, {row['ratio_max']:.2f}]" if "ratio_min" in row else ""
         lines.append(
-            f"| {row['variant']} | {row['seq_len']} | {row['stock_s']:.3f} | {row['adajudge_s']:.3f} | "
-            f"{row['ratio']:.3f} | {row['flop_lower_bound']:.3f} |"
+            f"| {row['variant']} | {row['seq_len']} | {'yes' if row.get('padded_row') else 'no'} | "
+            f"{row['stock_s']:.3f} | {row['adajudge_s']:.3f} | {row['ratio']:.2f}{spread} | "
+            f"{row['flop_lower_bound']:.3f} |"
         )
     step = results["train_step"]
     lines += ["", f"Training step ({step['variant']}, {step['pairs']} pairs x {step['seq_len']} tokens, full FT): "
-              f"stock {step['stock_s']:.2f} s, AdaJudge {step['adajudge_s']:.2f} s, ratio **{step['ratio']:.3f}** "
+              f"stock {step['stock_s']:.2f} s, AdaJudge {step['adajudge_s']:.2f} s, ratio **{step['ratio']:.2f}** "
+              f"[per-rep {step.get('ratio_min', float('nan')):.2f}, {step.get('ratio_max', float('nan')):.2f}] "
               f"(FLOP lower bound {step['flop_lower_bound']:.3f})."]  # fmt: skip
     if "peak_memory_mb" in results:
         memory = results["peak_memory_mb"]
@@ -315,7 +333,7 @@ def write_results(results: dict, output_dir: Path) -> None:
         )
     (output_dir / "overhead.md").write_text("\n".join(lines) + "\n")
 
-    sweep = [row for row in results["forward"] if row["variant"] == step["variant"]]
+    sweep = [row for row in results["forward"] if row["variant"] == step["variant"] and not row.get("padded_row")]
     figure, axis = plt.subplots(figsize=(5, 3.2))
     axis.plot([r["seq_len"] for r in sweep], [r["ratio"] for r in sweep], "o-", label="measured forward ratio")
     axis.plot([r["seq_len"] for r in sweep], [r["flop_lower_bound"] for r in sweep], "--", label="FLOP lower bound")
