@@ -13,6 +13,7 @@ from adajudge_hf.data import (
     helpsteer3_to_preference,
     prepare_preference_dataset,
 )
+from adajudge_hf.testing import make_tiny_tokenizer
 from adajudge_hf.tokenization import encode_prompt_response
 
 
@@ -61,6 +62,122 @@ def test_conversational_prompt_ends_with_the_assistant_header(tiny_tokenizer, im
     assert example["chosen_ids"] == list(full["input_ids"])  # the same tokens TRL would train on
 
 
+PROMPT, CHOSEN, REJECTED = "What is the capital of France?", "The capital of France is Paris.", "It is Lyon."
+
+
+def trl_format(name: str, tokenizer) -> dict:
+    """One pair in each format TRL's RewardTrainer accepts (integration-facts §1.4), plus the mixed ones."""
+    chat_prompt, chat_chosen, chat_rejected = user(PROMPT), assistant(CHOSEN), assistant(REJECTED)
+    if name.startswith("pretokenised"):
+        chosen = encode_prompt_response(tokenizer, chat_prompt, chat_chosen)
+        rejected = encode_prompt_response(tokenizer, chat_prompt, chat_rejected)
+        row = {"chosen_ids": chosen.input_ids, "rejected_ids": rejected.input_ids}
+        return row | ({"prompt_length": chosen.prompt_length} if name == "pretokenised_with_prompt_length" else {})
+    return {
+        "standard_implicit": {"chosen": f"{PROMPT} {CHOSEN}", "rejected": f"{PROMPT} {REJECTED}"},
+        "standard_explicit": {"prompt": PROMPT, "chosen": f" {CHOSEN}", "rejected": f" {REJECTED}"},
+        "conversational_implicit": {"chosen": chat_prompt + chat_chosen, "rejected": chat_prompt + chat_rejected},
+        "conversational_explicit": {"prompt": chat_prompt, "chosen": chat_chosen, "rejected": chat_rejected},
+        "chat_prompt_plain_responses": {"prompt": chat_prompt, "chosen": CHOSEN, "rejected": REJECTED},
+        "plain_prompt_chat_responses": {"prompt": PROMPT, "chosen": chat_chosen, "rejected": chat_rejected},
+        # TRL's own mixed case: a plain copy of the prompt beside conversations that hold it (it is ignored).
+        "plain_prompt_column_beside_implicit_chats": {
+            "prompt": PROMPT,
+            "chosen": chat_prompt + chat_chosen,
+            "rejected": chat_prompt + chat_rejected,
+        },
+    }[name]
+
+
+TRL_FORMATS = [
+    "standard_implicit",
+    "standard_explicit",
+    "conversational_implicit",
+    "conversational_explicit",
+    "chat_prompt_plain_responses",
+    "plain_prompt_chat_responses",
+    "plain_prompt_column_beside_implicit_chats",
+    "pretokenised_with_prompt_length",
+    "pretokenised_without_prompt_length",
+]
+
+
+@pytest.mark.parametrize("name", TRL_FORMATS)
+def test_every_trl_format_brings_its_prompt_to_the_model(tiny_tokenizer, name, caplog):
+    """Issue 12: a chat prompt with plain responses (or the reverse) used to be encoded with no prompt at all."""
+    with caplog.at_level(logging.INFO, logger="adajudge_hf.data"):
+        dataset, stats = prepare([trl_format(name, tiny_tokenizer)], tiny_tokenizer)
+    batch = DataCollatorForAdaJudge(pad_token_id=tiny_tokenizer.pad_token_id)(list(dataset))
+    lengths = batch["prompt_lengths"].tolist()
+    assert min(lengths) > 0, lengths  # the prompt mask the model gets is not empty
+    for row, length in zip(batch["input_ids"].tolist(), lengths):
+        prompt_text = tiny_tokenizer.decode(row[:length])
+        assert PROMPT in prompt_text and "Paris" not in prompt_text and "Lyon" not in prompt_text
+    assert stats.empty_prompts == 0 and stats.prompt_length_min > 0 and "0 with no prompt" in caplog.text
+    if name in ("chat_prompt_plain_responses", "plain_prompt_chat_responses"):
+        chat = prepare([trl_format("conversational_explicit", tiny_tokenizer)], tiny_tokenizer)[0]
+        assert dataset[0] == chat[0]  # the plain side became a turn: the same tokens as the all-chat pair
+
+
+def test_prompt_statistics_are_reported_and_an_all_empty_prompt_column_is_flagged(tiny_tokenizer, caplog):
+    rows = [
+        {"prompt": "Hi?", "chosen": " Yes.", "rejected": " No."},
+        {"prompt": "", "chosen": " A.", "rejected": " B."},
+    ]
+    with caplog.at_level(logging.INFO, logger="adajudge_hf.data"):
+        _, stats = prepare(rows, tiny_tokenizer)
+    hi = len(tiny_tokenizer("Hi?")["input_ids"])
+    assert (stats.prompt_length_min, stats.prompt_length_max, stats.empty_prompts) == (0, hi, 1)
+    assert stats.prompt_length_mean == pytest.approx(hi / 2)
+    assert f"min 0, mean {hi / 2:.1f}, max {hi}; 1 with no prompt" in caplog.text and "EVERY" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="adajudge_hf.data"):
+        prepare([row | {"prompt": ""} for row in rows], tiny_tokenizer)
+    assert "EVERY pair of the train dataset has an empty prompt although it has a `prompt` column" in caplog.text
+
+
+def test_an_empty_dataset_is_refused_with_a_clear_message(tiny_tokenizer):
+    with pytest.raises(ValueError, match=r"The train dataset is empty \(0 rows\)"):
+        prepare_preference_dataset(Dataset.from_dict({"chosen": [], "rejected": []}), tiny_tokenizer)
+    with pytest.raises(ValueError, match=r"The eval dataset is empty"):
+        prepare_preference_dataset(Dataset.from_dict({}), tiny_tokenizer, dataset_name="eval")
+
+
+@pytest.mark.parametrize("template", ["chatml", "llama3", "phi3"])
+def test_chat_encoding_equals_tokenising_the_rendered_conversation(template):
+    """The ids are those of the whole rendered conversation, as TRL's GRPO reward path tokenises it."""
+    tokenizer = make_tiny_tokenizer(template)
+    prompt, response = user(PROMPT), assistant(CHOSEN)
+    encoded = encode_prompt_response(tokenizer, prompt, response)
+    rendered = tokenizer.apply_chat_template(prompt + response, tokenize=False)
+    assert encoded.input_ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    rendered_prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    assert (
+        encoded.input_ids[: encoded.prompt_length] == tokenizer(rendered_prompt, add_special_tokens=False)["input_ids"]
+    )
+
+
+def test_plain_text_boundary_differs_from_the_whole_text_only_inside_a_split_word(tiny_tokenizer):
+    """Plain prompt and response are tokenised separately; the whole text can merge tokens across the boundary."""
+    eos = [tiny_tokenizer.eos_token_id]
+
+    def whole(text):
+        return tiny_tokenizer(text)["input_ids"] + eos
+
+    # TRL's convention, the response carries its leading space: the same ids as the whole text (+ EOS).
+    assert encode_prompt_response(tiny_tokenizer, "The capital of France is", " Paris.").input_ids == whole(
+        "The capital of France is Paris."
+    )
+    # The space on the prompt's side: " Paris" is one token in the whole text, " ", "Par", "is" when split.
+    split = encode_prompt_response(tiny_tokenizer, "The capital of France is ", "Paris.")
+    together = whole("The capital of France is Paris.")
+    assert split.input_ids != together
+    assert tiny_tokenizer.decode(split.input_ids) == tiny_tokenizer.decode(together)  # same text
+    before = tiny_tokenizer("The capital of France is")["input_ids"]
+    assert split.input_ids[: len(before)] == together[: len(before)] == before  # differs only from the boundary on
+    assert split.input_ids[-2:] == together[-2:]  # ... up to the end of the split word
+
+
 def test_pretokenised_data_uses_the_prompt_length_column(tiny_tokenizer):
     rows = [{"chosen_ids": [5, 6, 7, 8], "rejected_ids": [5, 6, 7, 9, 10], "prompt_length": 2, "margin": 0.5}]
     example = prepare(rows, tiny_tokenizer)[0][0]
@@ -100,7 +217,29 @@ def test_over_long_pairs_are_truncated_from_the_left_and_reported(tiny_tokenizer
     response_length = len(full.input_ids) - full.prompt_length
     assert example["chosen_ids"][-response_length:] == full.input_ids[-response_length:]  # whole response + EOS kept
     assert example["chosen_prompt_length"] == 16 - response_length
-    assert example["rejected_prompt_length"] != example["chosen_prompt_length"]  # cut differently: kept per row
+    # The prompt is cut once, to the budget of the longer response: both rows read the same context.
+    length = example["rejected_prompt_length"]
+    assert length == example["chosen_prompt_length"]
+    assert example["rejected_ids"][:length] == example["chosen_ids"][:length]
+    assert len(example["rejected_ids"]) < 16
+
+
+def test_a_pair_keeps_identical_prompt_tokens_under_truncation():
+    """Issue 12: a long prompt with responses of unequal length used to give 59 vs 7 prompt tokens at max_length=64."""
+    tokenizer = make_tiny_tokenizer("llama3")  # a BOS template: the BOS stays in front of the cut prompt
+    prompt = user("The quick brown fox jumps over the lazy dog. " * 8)
+    long, short = assistant("A reward model scores how good a response is for a prompt. " * 3), assistant("No.")
+    for max_length in (64, 40, 20):
+        example = prepare([{"prompt": prompt, "chosen": long, "rejected": short}], tokenizer, max_length=max_length)
+        example = example[0][0]
+        chosen, rejected = example["chosen_ids"], example["rejected_ids"]
+        length = example["chosen_prompt_length"]
+        assert length == example["rejected_prompt_length"] and chosen[:length] == rejected[:length]
+        assert chosen[0] == rejected[0] == tokenizer.bos_token_id
+        assert len(chosen) <= max_length and len(rejected) <= max_length
+        full = encode_prompt_response(tokenizer, prompt, long)
+        assert chosen[length:] == full.input_ids[full.prompt_length :][-(len(chosen) - length) :]  # end kept
+    assert length == 1  # at 20 the chosen response alone is too long: the BOS and its end are kept, in both rows
 
 
 def test_empty_responses_and_identical_pairs_are_dropped_and_counted(tiny_tokenizer, caplog):

@@ -3,7 +3,8 @@
 TRL's `RewardTrainer` tokenises prompt + response as one text and drops pairs longer than `max_length`. AdaJudge
 needs to know where each prompt ends (for z_P and the response experts), and a reward model reads the end of the
 response, so `prepare_preference_dataset` encodes every format TRL accepts through `encode_prompt_response`, truncates
-over-long pairs from the left instead of dropping them, and reports what it truncated and dropped.
+over-long pairs from the left instead of dropping them (the prompt cut once per pair, so chosen and rejected are
+compared on the same context), and reports what it truncated and dropped and how long the prompts are.
 """
 
 import logging
@@ -17,7 +18,7 @@ from trl.data_utils import common_prefix_length, get_dataset_column_names, is_co
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from .packing import pack_responses, pad_packed
-from .tokenization import encode_prompt_response, truncate_left
+from .tokenization import EncodedExample, align_formats, encode_prompt_response, truncate_shared_prompt
 
 
 logger = logging.getLogger(__name__)
@@ -32,12 +33,17 @@ _HELPSTEER3_COLUMNS = ("context", "response1", "response2", "overall_preference"
 
 @dataclass
 class PreparationStats:
-    """What `prepare_preference_dataset` did to a dataset: pairs kept, truncated and dropped (with the reason)."""
+    """What `prepare_preference_dataset` did to a dataset: pairs kept, truncated and dropped (with the reason), and
+    the prompt tokens of the kept pairs after truncation (what the judge's prompt context z_P reads)."""
 
     total: int
     truncated: int
     dropped_empty_response: int
     dropped_identical: int
+    prompt_length_min: int = 0
+    prompt_length_mean: float = 0.0
+    prompt_length_max: int = 0
+    empty_prompts: int = 0
 
     @property
     def kept(self) -> int:
@@ -46,9 +52,10 @@ class PreparationStats:
     def summary(self, dataset_name: str, max_length: int | None) -> str:
         return (
             f"{dataset_name} dataset: kept {self.kept} of {self.total} pairs; {self.truncated} truncated to "
-            f"max_length={max_length} (prompt cut from the left, end of the response kept); dropped "
+            f"max_length={max_length} (prompt cut from the left once per pair, end of the response kept); dropped "
             f"{self.dropped_empty_response} with an empty response and {self.dropped_identical} whose chosen and "
-            "rejected sequences are identical."
+            f"rejected sequences are identical. Prompt tokens per kept pair: min {self.prompt_length_min}, mean "
+            f"{self.prompt_length_mean:.1f}, max {self.prompt_length_max}; {self.empty_prompts} with no prompt."
         )
 
 
@@ -80,22 +87,65 @@ def _check_columns(column_names: list[str], strength_column: str | None) -> bool
     )
 
 
-def _encode_text_pair(example: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int | None):
-    """(chosen, rejected) encodings of a text or chat pair; None when a response is empty."""
-    example = maybe_extract_prompt(example)
+def _align_pair_formats(example: dict[str, Any]) -> dict[str, Any]:
+    """Give an explicit prompt and the responses one format, before TRL's `maybe_extract_prompt` sees them.
+
+    `maybe_extract_prompt` ignores an explicit prompt whose format differs from the responses' and takes the common
+    start of the responses instead, which is empty for a conversational prompt with plain-text responses (or the
+    reverse): the prompt would vanish without a word. Here the plain side becomes a turn (`align_formats`), unless
+    conversational responses already hold the prompt turns themselves (TRL's implicit-prompt case, where an extra plain
+    `prompt` column is a copy and is ignored as in TRL).
+    """
+    prompt, chosen, rejected = example.get("prompt"), example["chosen"], example["rejected"]
+    if not prompt:
+        return {key: value for key, value in example.items() if key != "prompt"}
+    if isinstance(prompt, str) and isinstance(chosen, list) and chosen and chosen[0].get("role") != "assistant":
+        return example
+    aligned_prompt, aligned_chosen = align_formats(prompt, chosen)
+    return {
+        **example,
+        "prompt": aligned_prompt,
+        "chosen": aligned_chosen,
+        "rejected": align_formats(prompt, rejected)[1],
+    }
+
+
+def _is_conversational_pair(example: dict[str, Any]) -> bool:
+    return any(is_conversational({key: example[key]}) for key in ("prompt", "chosen", "rejected") if example.get(key))
+
+
+def _warn_no_prompt(dataset_name: str, has_prompt_column: bool) -> None:
+    where = (
+        "although it has a `prompt` column: check that the prompts are not empty and that `max_length` leaves room "
+        "for them"
+        if has_prompt_column
+        else "(no `prompt` column, and chosen and rejected share no start): add a `prompt` column"
+    )
+    logger.warning(
+        f"EVERY pair of the {dataset_name} dataset has an empty prompt {where}. AdaJudge's router and prompt context "
+        "z_P read the prompt; without one the judge scores responses out of context."
+    )
+
+
+def _encode_text_pair(
+    example: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int | None
+) -> list[EncodedExample] | None:
+    """(chosen, rejected) encodings of a text or chat pair, truncated together; None when a response is empty."""
+    example = maybe_extract_prompt(_align_pair_formats(example))
     prompt, chosen, rejected = example.get("prompt"), example["chosen"], example["rejected"]
     if _is_empty_response(chosen) or _is_empty_response(rejected):
         return None
-    return (
-        encode_prompt_response(tokenizer, prompt, chosen, max_length),
-        encode_prompt_response(tokenizer, prompt, rejected, max_length),
+    rows = [encode_prompt_response(tokenizer, prompt, response) for response in (chosen, rejected)]
+    return truncate_shared_prompt(
+        [(row.input_ids, row.prompt_length) for row in rows], max_length, tokenizer.bos_token_id
     )
 
 
 def _encode_tokenised_pair(
     example: dict[str, Any], index: int, max_length: int | None, bos_token_id: int | None, boundary: str
-):
-    """(chosen, rejected) of a pre-tokenised pair, prompt lengths from `boundary`; None when a response is empty."""
+) -> list[EncodedExample] | None:
+    """(chosen, rejected) of a pre-tokenised pair, prompt lengths from `boundary`, truncated together; None when a
+    response is empty."""
     chosen_ids, rejected_ids = list(example["chosen_ids"]), list(example["rejected_ids"])
     if boundary == "per_row":
         lengths = (example["chosen_prompt_length"], example["rejected_prompt_length"])
@@ -113,10 +163,7 @@ def _encode_tokenised_pair(
             )
     if lengths[0] == len(chosen_ids) or lengths[1] == len(rejected_ids):
         return None
-    return (
-        truncate_left(chosen_ids, lengths[0], max_length, bos_token_id),
-        truncate_left(rejected_ids, lengths[1], max_length, bos_token_id),
-    )
+    return truncate_shared_prompt(list(zip((chosen_ids, rejected_ids), lengths)), max_length, bos_token_id)
 
 
 def _prepare_example(
@@ -169,10 +216,18 @@ def prepare_preference_dataset(
     (split with `trl.data_utils.maybe_extract_prompt`), plain text or conversational (rendered with the chat
     template), and pre-tokenised `chosen_ids` / `rejected_ids`, with the boundary from `prompt_length` (or
     `chosen_prompt_length` / `rejected_prompt_length`) or, without it, from their common prefix (with a warning).
-    Pairs longer than `max_length` are truncated (prompt from the left, end of the response kept); pairs with an empty
-    response or that are identical are dropped. Returns the dataset and the counts (None for an `IterableDataset`,
-    which is processed lazily). An already prepared dataset is returned unchanged.
+    A conversational prompt with plain-text responses (or the reverse) has its plain side made a turn, so the prompt
+    is never dropped. Pairs longer than `max_length` are truncated: the prompt once per pair, from the left, to the
+    budget of the longer response, so both rows keep the same prompt tokens; a response too long on its own keeps its
+    end. Pairs with an empty response or that are identical are dropped. Returns the dataset and the counts, with the
+    prompt-length statistics (None for an `IterableDataset`, which is processed lazily); a dataset whose every prompt
+    is empty gets a warning. An already prepared dataset is returned unchanged.
     """
+    if isinstance(dataset, Dataset) and len(dataset) == 0:
+        raise ValueError(
+            f"The {dataset_name} dataset is empty (0 rows). Check the file or split: a preference dataset needs rows "
+            "with `chosen` and `rejected` (and optionally `prompt`), or `chosen_ids` and `rejected_ids`."
+        )
     column_names = get_dataset_column_names(dataset)
     if set(PREPARED_COLUMNS) <= set(column_names):
         if strength_column is not None and STRENGTH not in column_names:
@@ -200,7 +255,7 @@ def prepare_preference_dataset(
             "common prefix of `chosen_ids` and `rejected_ids`, which also counts any shared start of the responses. "
             "Add a `prompt_length` column for the exact boundary."
         )
-    if not pre_tokenised and tokenizer.chat_template is None and is_conversational(next(iter(dataset))):
+    if not pre_tokenised and tokenizer.chat_template is None and _is_conversational_pair(next(iter(dataset), {})):
         raise ValueError(
             f"The {dataset_name} dataset is conversational (lists of messages) but the tokenizer has no chat "
             "template. Set `tokenizer.chat_template` (or `chat_template_path` in the config), or provide plain text."
@@ -228,19 +283,32 @@ def prepare_preference_dataset(
     stats = None
     if isinstance(dataset, Dataset):
         reasons = dataset[_DROP]
+        prompt_lengths = [
+            min(chosen, rejected)
+            for chosen, rejected, reason in zip(
+                dataset["chosen_prompt_length"], dataset["rejected_prompt_length"], reasons
+            )
+            if reason == ""
+        ]
         stats = PreparationStats(
             total=len(dataset),
             truncated=sum(dataset[_TRUNCATED]),
             dropped_empty_response=reasons.count("empty"),
             dropped_identical=reasons.count("identical"),
+            prompt_length_min=min(prompt_lengths, default=0),
+            prompt_length_mean=sum(prompt_lengths) / max(len(prompt_lengths), 1),
+            prompt_length_max=max(prompt_lengths, default=0),
+            empty_prompts=prompt_lengths.count(0),
         )
         message = stats.summary(dataset_name, max_length)
-        if stats.truncated or stats.kept < stats.total:
+        if stats.truncated or stats.kept < stats.total or stats.empty_prompts:
             logger.warning(message)
         else:
             logger.info(message)
         if stats.kept == 0:
             raise ValueError(f"No pair is left to train on. {message}")
+        if stats.empty_prompts == stats.kept:
+            _warn_no_prompt(dataset_name, has_prompt_column="prompt" in column_names)
         map_kwargs["desc"] = f"Dropping empty and identical pairs of the {dataset_name} dataset"
     else:
         logger.info(
@@ -292,8 +360,9 @@ class DataCollatorForAdaJudge(DataCollatorForPreference):
     rejected rows), and `strength` (B,) when the examples have one. Rows are right-padded as in TRL.
 
     With `packed=True` each pair becomes one row [prompt; chosen; rejected] with `segment_ids` (0 prompt, 1 chosen,
-    2 rejected): the prompt is encoded once and the model returns the same chosen-then-rejected rewards. When
-    truncation cut the two prompts differently, the shorter cut is shared.
+    2 rejected): the prompt is encoded once and the model returns the same chosen-then-rejected rewards.
+    `prepare_preference_dataset` cuts a pair's prompt once, so both rows carry the same prompt tokens; pre-tokenised
+    rows whose own prompt lengths differ share the shorter prompt.
     """
 
     packed: bool = False

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from .tokenization import encode_prompt_response
+from .tokenization import encode_prompt_response, truncate_shared_prompt
 
 
 logger = logging.get_logger(__name__)
@@ -39,7 +39,8 @@ def encode_packed(
 
     Each response is encoded with `encode_prompt_response`, so the tokens equal those of the plain rows. With
     `max_length`, every plain-equivalent row [prompt; response] must fit: the shared prompt is cut from the left (a
-    leading BOS is kept) by the largest excess, and a response that is too long on its own keeps its end.
+    leading BOS is kept) by the largest excess, and a response that is too long on its own keeps its end
+    (`truncate_shared_prompt`, as training cuts a pair).
     """
     encoded = [encode_prompt_response(tokenizer, prompt, response) for response in responses]
     prompt_ids = encoded[0].input_ids[: encoded[0].prompt_length]
@@ -48,19 +49,12 @@ def encode_packed(
             "The chat template renders the shared prompt differently for different responses, so they cannot share "
             "one encoded prompt. Score these responses unpacked."
         )
-    responses_ids = [e.input_ids[e.prompt_length :] for e in encoded]
-    truncated = False
-    if max_length is not None:
-        excess = max(len(prompt_ids) + len(ids) for ids in responses_ids) - max_length
-        if excess > 0:
-            truncated = True
-            keep_bos = tokenizer.bos_token_id is not None and prompt_ids[:1] == [tokenizer.bos_token_id]
-            head, body = prompt_ids[: int(keep_bos)], prompt_ids[int(keep_bos) :]
-            prompt_ids = head + body[excess:]
-            budget = max_length - len(prompt_ids)
-            if budget < 1:
-                raise ValueError(f"`max_length`={max_length} leaves no room for a response; raise it.")
-            responses_ids = [ids[-budget:] for ids in responses_ids]
+    rows = truncate_shared_prompt(
+        [(e.input_ids, e.prompt_length) for e in encoded], max_length, tokenizer.bos_token_id
+    )
+    prompt_ids = rows[0].input_ids[: rows[0].prompt_length]
+    responses_ids = [row.input_ids[row.prompt_length :] for row in rows]
+    truncated = any(row.truncated for row in rows)
     input_ids, segment_ids = pack_responses(prompt_ids, responses_ids)
     return input_ids, segment_ids, truncated
 

@@ -3,6 +3,17 @@
 TRL tokenises prompt + response as one text and forgets where the prompt ended; AdaJudge needs that boundary for
 its prompt context z_P and its response experts. Both training and scoring encode through `encode_prompt_response`,
 so a judge sees the same tokens in both.
+
+How the boundary relates to tokenising the rendered whole (what TRL's GRPO/RLOO reward path and `pipeline` do):
+
+- Conversations: the whole conversation is rendered and tokenised once, so the ids are exactly
+  `tokenizer(apply_chat_template(prompt + response, tokenize=False), add_special_tokens=False)`, GRPO's reward input.
+- Plain text: `tokenizer(prompt) + tokenizer(response, add_special_tokens=False) + [eos]`. This equals
+  `tokenizer(prompt + response)` (+ EOS) when the response starts where the tokenizer's pre-tokenizer splits anyway
+  (TRL's convention: the response carries its leading space, " Paris."). Otherwise BPE can merge across the boundary
+  in the whole text ("... is " + "Paris." gives "is", " ", "Par", "is" here but "is", " Paris" whole): the decoded
+  text is the same, the tokens next to the boundary differ. GRPO also adds no EOS to plain text. Judges meant to
+  score plain text at inference should be trained on responses that start with a space, or on conversations.
 """
 
 from dataclasses import dataclass
@@ -29,6 +40,23 @@ def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: Messages, add_genera
         messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
     )
     return list(encoded["input_ids"])
+
+
+def align_formats(
+    prompt: str | Messages | None, response: str | Messages
+) -> tuple[str | Messages | None, str | Messages]:
+    """Bring a plain-text side into the format of a conversational other side, so no part is silently dropped.
+
+    A plain response to a conversational prompt becomes one assistant turn; a plain prompt before a conversational
+    response becomes one user turn. An empty prompt ("" or []) is no prompt.
+    """
+    if not prompt:
+        return None, response
+    if isinstance(prompt, list) and isinstance(response, str):
+        return prompt, [{"role": "assistant", "content": response}]
+    if isinstance(prompt, str) and isinstance(response, list):
+        return [{"role": "user", "content": prompt}], response
+    return prompt, response
 
 
 def encode_prompt_response(
@@ -66,8 +94,6 @@ def encode_prompt_response(
             )
         prompt_length = len(prompt_ids)
     else:
-        if isinstance(prompt, list):
-            raise ValueError("Mixed formats: the prompt is a list of messages but the response is plain text.")
         prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
         response_ids = tokenizer(response, add_special_tokens=not prompt)["input_ids"]
         if tokenizer.eos_token_id is not None and (not response_ids or response_ids[-1] != tokenizer.eos_token_id):
@@ -80,14 +106,33 @@ def truncate_left(
     input_ids: list[int], prompt_length: int, max_length: int | None, bos_token_id: int | None = None
 ) -> EncodedExample:
     """Fit `input_ids` into `max_length` by cutting the prompt from the left, then the start of the response."""
-    if max_length is None or len(input_ids) <= max_length:
-        return EncodedExample(input_ids, prompt_length)
-    keep_bos = bos_token_id is not None and prompt_length > 0 and input_ids[0] == bos_token_id
-    head = input_ids[:1] if keep_bos else []
-    excess = len(input_ids) - max_length
-    prompt_body = input_ids[len(head) : prompt_length]
-    if excess <= len(prompt_body):
-        kept_prompt = head + prompt_body[excess:]
-        return EncodedExample(kept_prompt + input_ids[prompt_length:], len(kept_prompt), truncated=True)
-    # Even the bare response is too long: keep its end, which is where the last-token expert reads.
-    return EncodedExample(input_ids[-max_length:], 0, truncated=True)
+    return truncate_shared_prompt([(input_ids, prompt_length)], max_length, bos_token_id)[0]
+
+
+def truncate_shared_prompt(
+    rows: list[tuple[list[int], int]], max_length: int | None, bos_token_id: int | None = None
+) -> list[EncodedExample]:
+    """Fit rows that answer one prompt (a chosen/rejected pair, best-of-N) into `max_length`, cutting the prompt once.
+
+    `rows` are (input_ids, prompt_length). The prompt budget is set by the longest response, so every row keeps the
+    same number of trailing prompt tokens (the same tokens when the rows share their prompt, as pairs do): the judge
+    compares responses on one context. A leading BOS stays. A response too long on its own keeps its end, which is
+    where the last-token expert reads, after the BOS. With no row over `max_length` nothing is cut.
+    """
+    if max_length is None or all(len(ids) <= max_length for ids, _ in rows):
+        return [EncodedExample(list(ids), prompt_length) for ids, prompt_length in rows]
+    heads = [
+        1 if bos_token_id is not None and prompt_length > 0 and ids[0] == bos_token_id and max_length > 1 else 0
+        for ids, prompt_length in rows
+    ]
+    longest_response = max(len(ids) - prompt_length for ids, prompt_length in rows)
+    budget = max(max_length - max(heads) - longest_response, 0)  # prompt tokens every row keeps after its BOS
+    encoded = []
+    for (ids, prompt_length), head in zip(rows, heads):
+        body = ids[head:prompt_length]
+        prompt = ids[:head] + body[max(len(body) - budget, 0) :] if budget else ids[:head]
+        response = ids[prompt_length:][-(max_length - len(prompt)) :]
+        encoded.append(
+            EncodedExample(prompt + response, len(prompt), truncated=len(prompt) + len(response) < len(ids))
+        )
+    return encoded
