@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adajudge_hf.loss import adajudge_loss, preference_strength_weights, routing_entropy
+from adajudge_hf.loss import adajudge_loss, preference_strength_scale, preference_strength_weights, routing_entropy
 
 
 CHOSEN = [1.5, -0.3, 0.2, 2.0]
@@ -132,6 +132,19 @@ def test_pair_weights_are_sqrt_scaled_and_normalised_to_mean_one():
         preference_strength_weights(torch.tensor([1.0, -2.0]))
     with pytest.raises(ValueError, match="scaling"):
         preference_strength_weights(torch.tensor([1.0]), "log")
+
+
+def test_a_dataset_level_scale_makes_a_pairs_weight_independent_of_its_batch():
+    strengths = torch.tensor([1.0, 9.0, 4.0, 16.0])  # sqrt: 1, 3, 2, 4
+    scale = preference_strength_scale(strengths)
+    assert scale == pytest.approx(2.5) and preference_strength_scale(strengths, "linear") == pytest.approx(7.5)
+    whole = preference_strength_weights(strengths, scale=scale)
+    torch.testing.assert_close(whole, torch.tensor([0.4, 1.2, 0.8, 1.6]))
+    assert whole.mean().item() == pytest.approx(1.0)  # mean 1 over the set, as METHOD.md asks
+    one_at_a_time = torch.cat([preference_strength_weights(s[None], scale=scale) for s in strengths])
+    torch.testing.assert_close(one_at_a_time, whole)  # per-batch normalisation would give 1, 1, 1, 1
+    with pytest.raises(ValueError, match="Every preference strength is 0"):
+        preference_strength_scale(torch.zeros(3))
 
 
 def test_uniform_pair_weights_leave_the_loss_unchanged():

@@ -3,10 +3,14 @@ non-finite guards, resume, model loading and bad input."""
 
 import logging
 import random
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
+from conftest import randomize_head
+from datasets import Dataset, IterableDataset
 from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file
 from trl import RewardConfig, RewardTrainer
@@ -38,6 +42,21 @@ def synthetic_pairs(n: int, seed: int = 0, **extra_columns) -> Dataset:
     for name, values in extra_columns.items():
         dataset = dataset.add_column(name, values)
     return dataset
+
+
+def unequal_pairs(n: int, seed: int = 0) -> Dataset:
+    """Long prompts, short chosen and long rejected answers: at a small `max_length` the prompts must be cut."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": " ".join(rng.choices(WORDS, k=rng.randint(16, 24))) + "?"}],
+                "chosen": [{"role": "assistant", "content": " ".join(rng.choices(WORDS, k=rng.randint(1, 3)))}],
+                "rejected": [{"role": "assistant", "content": " ".join(rng.choices(WORDS, k=rng.randint(8, 14)))}],
+            }
+        )
+    return Dataset.from_list(rows)
 
 
 def make_args(output_dir, **kwargs) -> AdaJudgeRewardConfig:
@@ -337,6 +356,77 @@ def test_strength_weights_change_the_loss(tiny_tokenizer, tmp_path):
     assert losses[0] != pytest.approx(losses[1])
 
 
+STRENGTHS = [1.0, 9.0, 4.0, 16.0]  # sqrt: 1, 3, 2, 4; mean 2.5
+
+
+def test_strength_weights_are_dataset_level_even_at_one_pair_per_device(tiny_tokenizer, tmp_path):
+    """Issue 12: per-micro-batch normalisation made every weight 1 at `per_device_train_batch_size=1`."""
+    judge = randomize_head(new_judge(tiny_tokenizer))
+    dataset = synthetic_pairs(4, overall=STRENGTHS)
+    weighted = AdaJudgeRewardTrainer(
+        judge,
+        make_args(tmp_path, strength_column="overall", per_device_train_batch_size=1),
+        train_dataset=dataset,
+        processing_class=tiny_tokenizer,
+    )
+    unweighted = AdaJudgeRewardTrainer(
+        judge,
+        make_args(tmp_path, per_device_train_batch_size=1),
+        train_dataset=dataset,
+        processing_class=tiny_tokenizer,
+    )
+    assert weighted.strength_scale == pytest.approx(2.5)
+    ratios = {}
+    for batch in weighted.get_train_dataloader():
+        (strength,) = batch["strength"].tolist()
+        with torch.no_grad():
+            ratios[strength] = (
+                weighted.compute_loss(weighted.model, dict(batch)) / unweighted.compute_loss(judge, dict(batch))
+            ).item()
+    assert ratios == pytest.approx({s: s**0.5 / 2.5 for s in STRENGTHS}, rel=1e-5)
+    streamed = IterableDataset.from_generator(lambda: iter(dataset.to_list()))
+    trainer = AdaJudgeRewardTrainer(
+        judge, make_args(tmp_path, strength_column="overall"), train_dataset=streamed, processing_class=tiny_tokenizer
+    )
+    assert trainer.strength_scale == pytest.approx(2.5)  # from the first pairs of a stream
+
+
+def final_head_after_one_step(tokenizer, output_dir, **kwargs) -> tuple[dict, float]:
+    judge = randomize_head(new_judge(tokenizer))
+    args = make_args(output_dir, strength_column="overall", max_steps=1, optim="sgd", learning_rate=1.0, **kwargs)
+    dataset = synthetic_pairs(8, overall=STRENGTHS * 2)
+    trainer = AdaJudgeRewardTrainer(judge, args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    return head_state(judge), trainer.state.log_history[0]["loss"]
+
+
+def test_gradient_accumulation_weights_pairs_like_one_big_batch(tiny_tokenizer, tmp_path):
+    big, big_loss = final_head_after_one_step(tiny_tokenizer, tmp_path / "big", per_device_train_batch_size=4)
+    accumulated, accumulated_loss = final_head_after_one_step(
+        tiny_tokenizer, tmp_path / "accumulated", per_device_train_batch_size=1, gradient_accumulation_steps=4
+    )
+    assert accumulated_loss == pytest.approx(big_loss, rel=1e-5)
+    for name in big:  # plain SGD: equal weights after one step mean equal gradients
+        torch.testing.assert_close(accumulated[name], big[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_two_processes_with_one_pair_each_weight_pairs_like_one_process(tmp_path):
+    """Issue 12: under DDP each rank normalised the strength weights of its own micro-batch (all 1 at one pair)."""
+    from test_distributed_training import free_port, run
+
+    script = Path(__file__).parent / "scripts" / "train_weighted_distributed.py"
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    one = run([sys.executable, str(script), "1", "8", "1", str(tmp_path / "one")], tmp_path / "one")
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    two = run(launch + [str(script), "2", "1", "4", str(tmp_path / "two")], tmp_path / "two")
+    assert [log["step"] for log in two] == [log["step"] for log in one] == [1, 2, 3]
+    for one_log, two_log in zip(one, two):
+        assert two_log["loss"] == pytest.approx(one_log["loss"], rel=1e-4, abs=1e-6), (one_log, two_log)
+        assert two_log["grad_norm"] == pytest.approx(one_log["grad_norm"], rel=1e-3), (one_log, two_log)
+
+
 def test_bad_input_is_reported(tiny_tokenizer, tmp_path, caplog):
     args = make_args(tmp_path)
     with pytest.raises(ValueError, match="not a preference format"):
@@ -352,6 +442,16 @@ def test_bad_input_is_reported(tiny_tokenizer, tmp_path, caplog):
     with pytest.raises(ValueError, match="no chat template"):
         AdaJudgeRewardTrainer(
             new_judge(tiny_tokenizer), args, train_dataset=synthetic_pairs(4), processing_class=no_template
+        )
+    empty = Dataset.from_dict({"prompt": [], "chosen": [], "rejected": []})  # was "Column '_adajudge_drop_reason' ..."
+    with pytest.raises(ValueError, match=r"The train dataset is empty \(0 rows\)"):
+        AdaJudgeRewardTrainer(new_judge(tiny_tokenizer), args, train_dataset=empty, processing_class=tiny_tokenizer)
+    with pytest.raises(ValueError, match="Every preference strength is 0"):
+        AdaJudgeRewardTrainer(
+            new_judge(tiny_tokenizer),
+            make_args(tmp_path, strength_column="overall"),
+            train_dataset=synthetic_pairs(2, overall=[0.0, 0.0]),
+            processing_class=tiny_tokenizer,
         )
     empty_response = {**synthetic_pairs(1)[0], "chosen": [{"role": "assistant", "content": " "}]}
     with_empty = Dataset.from_list(list(synthetic_pairs(4)) + [empty_response])
@@ -370,19 +470,26 @@ def test_bad_input_is_reported(tiny_tokenizer, tmp_path, caplog):
         )
 
 
-def test_packed_layout_gives_the_same_loss_and_gradients(tiny_tokenizer, tmp_path):
-    """Issue 9: one row [prompt; chosen; rejected] per pair, same loss and gradients as the plain layout."""
-    dataset = synthetic_pairs(8, margin=[0.0, 0.5] * 4)
+@pytest.mark.parametrize("lengths", ["equal", "unequal"])
+def test_packed_layout_gives_the_same_loss_and_gradients(tiny_tokenizer, tmp_path, lengths):
+    """Issue 9: one row [prompt; chosen; rejected] per pair, same loss and gradients as the plain layout.
+
+    Issue 12: also for responses of unequal length cut by `max_length`. Before a pair's prompt was cut once for both
+    rows, the plain chosen row kept more prompt than the packed one: loss 0.3121 plain vs 0.2949 packed here."""
+    if lengths == "equal":
+        dataset, max_length = synthetic_pairs(8, margin=[0.0, 0.5] * 4), 24  # truncation cuts some prompts
+    else:
+        dataset, max_length = unequal_pairs(8).add_column("margin", [0.0, 0.5] * 4), 40
     results = []
     for packed in (False, True):
-        judge = new_judge(tiny_tokenizer, num_refinement_blocks=2)
-        with torch.no_grad():  # non-zero heads, so every path carries gradient
-            for parameter in judge.judge_head.parameters():
-                parameter.add_(0.1 * torch.randn_like(parameter))
-        args = make_args(tmp_path / str(packed), packed=packed, max_length=24)  # truncation cuts some prompts
+        judge = randomize_head(new_judge(tiny_tokenizer, num_refinement_blocks=2))  # every path carries gradient
+        args = make_args(tmp_path / str(packed), packed=packed, max_length=max_length, per_device_train_batch_size=8)
         trainer = AdaJudgeRewardTrainer(judge, args, train_dataset=dataset, processing_class=tiny_tokenizer)
         batch = next(iter(trainer.get_train_dataloader()))
         assert ("segment_ids" in batch) is packed
+        if lengths == "unequal" and not packed:
+            rows = batch["attention_mask"].sum(-1)
+            assert (rows[:8] < max_length).all() and (rows[8:] == max_length).all()  # the chosen rows fit alone
         loss = trainer.compute_loss(trainer.model, dict(batch))
         loss.backward()
         grads = {n: p.grad.clone() for n, p in trainer.model.judge_head.named_parameters()}

@@ -6,6 +6,11 @@ L = -w_m (1 - p)^gamma log p + lambda * max(0, eta - H(pi))^2,  p = sigmoid((r+ 
 `-logsigmoid(r+ - r- - margin).mean()`. `log p` and `1 - p` both come from `logsigmoid`, so rewards far apart in
 either direction give finite losses and gradients.
 
+w_m is the square-root-scaled preference strength normalised to mean 1. METHOD.md says "over the batch"; the
+normaliser here is the mean over the whole training set (`preference_strength_scale`), computed once: per device
+micro-batch, the weights would all be 1 at one pair per device and would differ between one big batch, gradient
+accumulation and data parallelism. A dataset-level constant weights every pair the same way in all of them.
+
 Shapes: B pairs, E pooling experts.
 """
 
@@ -39,22 +44,47 @@ def routing_entropy(routing_weights: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(weights, weights).sum(-1)  # (N,)
 
 
-def preference_strength_weights(strength: torch.Tensor, scaling: str = "sqrt") -> torch.Tensor:
-    """Per-pair weights w_m from preference strengths (B,): `scaling`-transformed, then normalised to mean 1.
-
-    `"sqrt"` (the paper's square-root scaling) damps large strengths; `"linear"` uses them as they are. A batch whose
-    strengths are all zero carries no preference and gets zero weights.
-    """
+def _scaled_strength(strength: torch.Tensor, scaling: str) -> torch.Tensor:
     if scaling not in STRENGTH_SCALINGS:
         raise ValueError(f"`scaling` must be one of {STRENGTH_SCALINGS}, got {scaling!r}.")
     strength = strength.float()
     if not bool(torch.isfinite(strength).all()) or bool((strength < 0).any()):
         raise ValueError(
-            f"Preference strengths must be finite and >= 0, got {strength.tolist()}. Use the magnitude of a signed "
-            "preference (which response wins is already given by chosen/rejected)."
+            f"Preference strengths must be finite and >= 0, got {strength.tolist()[:16]}. Use the magnitude of a "
+            "signed preference (which response wins is already given by chosen/rejected)."
         )
-    weights = strength.sqrt() if scaling == "sqrt" else strength  # (B,)
-    return weights / weights.mean().clamp_min(torch.finfo(weights.dtype).tiny)
+    return strength.sqrt() if scaling == "sqrt" else strength
+
+
+def preference_strength_scale(strengths: torch.Tensor, scaling: str = "sqrt") -> float:
+    """The mean `scaling`-transformed strength of a whole training set: dividing by it gives w_m mean 1 over the set.
+
+    One constant for the run, so a pair's weight does not depend on the pairs that share its batch (at one pair per
+    device every per-batch normalised weight would be 1), and gradient accumulation and data parallelism weight the
+    pairs exactly like one big batch.
+    """
+    scale = float(_scaled_strength(strengths, scaling).mean())
+    if not scale > 0:
+        raise ValueError(
+            "Every preference strength is 0, so no pair carries a preference to learn from. Check the strength "
+            "column, or train without `strength_column`."
+        )
+    return scale
+
+
+def preference_strength_weights(
+    strength: torch.Tensor, scaling: str = "sqrt", scale: float | None = None
+) -> torch.Tensor:
+    """Per-pair weights w_m from preference strengths (B,): `scaling`-transformed, then normalised to mean 1.
+
+    `"sqrt"` (the paper's square-root scaling) damps large strengths; `"linear"` uses them as they are. `scale` is the
+    dataset-level normaliser from `preference_strength_scale` (what the trainer uses); `None` normalises over these
+    B pairs, and a batch whose strengths are all zero then carries no preference and gets zero weights.
+    """
+    weights = _scaled_strength(strength, scaling)  # (B,)
+    if scale is None:
+        return weights / weights.mean().clamp_min(torch.finfo(weights.dtype).tiny)
+    return weights / scale
 
 
 def _preference_logits(
@@ -144,6 +174,7 @@ __all__ = [
     "STRENGTH_SCALINGS",
     "AdaJudgeLossOutput",
     "adajudge_loss",
+    "preference_strength_scale",
     "preference_strength_weights",
     "routing_entropy",
 ]

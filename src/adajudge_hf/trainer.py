@@ -22,7 +22,7 @@ from trl.trainer.utils import global_then_local_main_first
 from .checkpoint import load_judge
 from .data import STRENGTH, DataCollatorForAdaJudge, prepare_preference_dataset
 from .lora import HEAD_MODULE, adajudge_lora_config
-from .loss import STRENGTH_SCALINGS, adajudge_loss, preference_strength_weights
+from .loss import STRENGTH_SCALINGS, adajudge_loss, preference_strength_scale, preference_strength_weights
 from .modeling import AdaJudgeConfig, AdaJudgeForRewardModeling
 from .modeling.configuration_adajudge import validate_loss_hyperparameters
 
@@ -30,6 +30,8 @@ from .modeling.configuration_adajudge import validate_loss_hyperparameters
 logger = logging.getLogger(__name__)
 
 LOSS_FIELDS = ("bt_temperature", "focal_gamma", "entropy_floor", "entropy_floor_coef")
+STRENGTH_SCALE_SAMPLES = 1024
+"""Pairs of a streamed training set from which the strength normaliser is estimated (a map-style set uses all)."""
 ROUTER_MODULE = "pooling_router"
 
 
@@ -57,7 +59,9 @@ class AdaJudgeRewardConfig(RewardConfig):
             lambda, the weight of lambda * max(0, eta - H(pi))^2; 0 disables the floor.
         strength_column (`str`, *optional*):
             Dataset column with a per-pair preference strength (>= 0). Each pair's loss is weighted by the scaled
-            strength, normalised to mean 1 over the batch. `None` weights every pair equally.
+            strength, normalised to mean 1 over the training set (one constant computed when the data is prepared,
+            so the weights do not depend on the per-device batch size, gradient accumulation or the number of
+            processes). `None` weights every pair equally.
         strength_scaling (`str`, *optional*, defaults to `"sqrt"`):
             `"sqrt"` (the paper) or `"linear"`.
         expert_aux_loss_coef (`float`, *optional*, defaults to `0.0`):
@@ -70,7 +74,8 @@ class AdaJudgeRewardConfig(RewardConfig):
         freeze_backbone (`bool`, *optional*, defaults to `False`):
             Train the heads only. Turns off activation checkpointing, which would only recompute the frozen backbone.
         max_length (`int` or `None`, *optional*, defaults to `1024`):
-            Longer pairs are truncated, not dropped: the prompt is cut from the left and the end of the response kept.
+            Longer pairs are truncated, not dropped: the prompt is cut from the left, once per pair so that chosen
+            and rejected keep the same prompt tokens, and the end of the response is kept.
     """
 
     bt_temperature: float | None = field(
@@ -221,6 +226,7 @@ class AdaJudgeRewardTrainer(RewardTrainer):
                 f"{type(args).__name__}."
             )
 
+        self.strength_scale = None  # set from the training set by `_prepare_dataset`
         model_init_kwargs = args.model_init_kwargs
         built_here = isinstance(model, str)
         if built_here:
@@ -342,7 +348,22 @@ class AdaJudgeRewardTrainer(RewardTrainer):
                 dataset_name=dataset_name,
                 num_proc=args.dataset_num_proc,
             )
+        if args.strength_column is not None and dataset_name == "train" and self.strength_scale is None:
+            self.strength_scale = self._strength_scale_of(dataset, args.strength_scaling)
         return dataset
+
+    @staticmethod
+    def _strength_scale_of(dataset: Dataset | IterableDataset, scaling: str) -> float:
+        """The mean scaled strength of the training set (of its first `STRENGTH_SCALE_SAMPLES` pairs when streamed)."""
+        if isinstance(dataset, Dataset):
+            return preference_strength_scale(torch.tensor(dataset[STRENGTH]), scaling)
+        strengths = [example[STRENGTH] for example in dataset.take(STRENGTH_SCALE_SAMPLES)]
+        scale = preference_strength_scale(torch.tensor(strengths), scaling)
+        logger.info(
+            f"The streamed training set's strength weights are normalised by the mean {scaling}-scaled strength of its "
+            f"first {len(strengths)} pairs ({scale:.4g})."
+        )
+        return scale
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -406,7 +427,7 @@ class AdaJudgeRewardTrainer(RewardTrainer):
                     f"`strength_column={self.args.strength_column!r}` is set but the batch has no `{STRENGTH}`; use "
                     "the trainer's data collator (DataCollatorForAdaJudge) or set `strength_column=None`."
                 )
-            pair_weights = preference_strength_weights(strength, self.args.strength_scaling)  # (B,)
+            pair_weights = preference_strength_weights(strength, self.args.strength_scaling, self.strength_scale)
         expert_scores = (None, None)
         if self.args.expert_aux_loss_coef:
             expert_scores = outputs.expert_scores.chunk(2)  # (B, E) each
