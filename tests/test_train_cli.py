@@ -1,6 +1,8 @@
 """`adajudge train`: end to end on a tiny backbone, YAML configs, the shipped recipes, data loading and bad input."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,14 +106,90 @@ def test_helpsteer3_files_are_converted(tmp_path):
     assert train["strength"] == [3.0, 2.0] and train["chosen"][0][0]["content"] == "x"
 
 
-def test_bad_data_arguments_are_explained(backbone, tmp_path):
+def user_error(argv: list[str], capsys) -> str:
+    """Run `adajudge` on a user error: exit code 2, one error line, no traceback or warning dump before it."""
+    capsys.readouterr()
+    assert adajudge(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "warnings.warn" not in err and "FutureWarning" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("adajudge train: error: ")]
+    assert len(lines) == 1, err
+    return lines[0].removeprefix("adajudge train: error: ")
+
+
+def test_bad_data_arguments_are_explained(backbone, tmp_path, capsys):
     base = ["train", "--model_name_or_path", str(backbone), "--output_dir", str(tmp_path / "out"), *CPU]
-    with pytest.raises(ValueError, match="Unsupported dataset file"):
-        adajudge([*base, "--dataset_name", str(write_jsonl(tmp_path / "prefs.txt", preference_rows(2)))])
+    message = user_error(
+        [*base, "--dataset_name", str(write_jsonl(tmp_path / "prefs.txt", preference_rows(2)))], capsys
+    )
+    assert message.startswith("Unsupported dataset file 'prefs.txt'")
     data = str(write_jsonl(tmp_path / "prefs.jsonl", preference_rows(2)))
-    with pytest.raises(ValueError, match="no split 'test'.*--eval_strategy no"):
-        adajudge([*base, "--dataset_name", data, "--eval_strategy", "steps"])
-    with pytest.raises(ValueError, match="No dataset"):
-        adajudge(base)
-    with pytest.raises(ValueError, match="not a preference format"):
-        adajudge([*base, "--dataset_name", str(write_jsonl(tmp_path / "x.jsonl", [{"text": "a"}]))])
+    message = user_error([*base, "--dataset_name", data, "--eval_strategy", "steps"], capsys)
+    assert "no split 'test'" in message and "--eval_strategy no" in message
+    assert user_error(base, capsys).startswith("No dataset")
+    message = user_error([*base, "--dataset_name", str(write_jsonl(tmp_path / "x.jsonl", [{"text": "a"}]))], capsys)
+    assert "not a preference format" in message
+
+
+def test_unreadable_training_files_are_named_with_the_line(backbone, tmp_path, capsys):
+    """Issue 12: an empty file ended in `StopIteration`, a malformed line in `DatasetGenerationError`."""
+    base = ["train", "--model_name_or_path", str(backbone), "--output_dir", str(tmp_path / "out"), *CPU]
+    cases = {
+        "empty.jsonl": ("", "{path} is empty"),
+        "blank.jsonl": ("\n\n", "{path} is empty"),
+        "none.json": ("[]", "{path} holds no rows"),
+        "broken.jsonl": (
+            json.dumps(preference_rows(1)[0]) + '\n{"prompt": "a", "chosen": "b"\n',
+            "Line 2 of {path} is not valid JSON: Expecting ',' delimiter",
+        ),
+    }
+    for name, (text, expected) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        message = user_error([*base, "--dataset_name", str(path)], capsys)
+        assert message.startswith("Cannot read the training data: " + expected.format(path=path)), message
+        assert message.endswith("Fix the file or pass another `--dataset_name`.")
+    message = user_error([*base, "--dataset_name", str(tmp_path / "missing.jsonl")], capsys)
+    assert message.startswith(f"No such dataset file: {tmp_path / 'missing.jsonl'}.")
+
+
+def test_config_errors_and_flag_errors_end_in_one_line(backbone, tmp_path, capsys):
+    base = ["train", "--model_name_or_path", str(backbone), "--output_dir", str(tmp_path / "out"), *CPU]
+    config = tmp_path / "broken.yaml"
+    config.write_text("model_name_or_path: x\n  learning_rate: [\n")
+    message = user_error([*base, "--config", str(config)], capsys)
+    assert message.startswith("The `--config` file is not valid YAML:") and "line 2" in message
+    data = str(write_jsonl(tmp_path / "prefs.jsonl", preference_rows(2)))
+    # No FutureWarning dump first: TRL's `gradient_checkpointing=True` default is set by its current name.
+    message = user_error(
+        [*base[: -len(CPU)], "--dataset_name", data, "--focal_gamma", "-1", "--use_cpu", "--bf16", "false"], capsys
+    )
+    assert message.startswith("`focal_gamma` must be >= 0")
+    training_args = make_parser().parse_args_and_config(["--output_dir", str(tmp_path), "--use_cpu"])[1]
+    assert training_args.activation_checkpointing is True  # TRL's default is kept
+
+
+@pytest.mark.slow
+def test_module_entry_point_reports_user_errors_in_one_line(tmp_path):
+    """`accelerate launch -m adajudge_hf.train` runs the module itself: the same one-line errors as `adajudge train`."""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"chosen": "a"\n')
+    argv = ["--model_name_or_path", "unused", "--dataset_name", str(broken), "--output_dir", str(tmp_path), *CPU]
+    completed = subprocess.run(
+        [sys.executable, "-m", "adajudge_hf.train", *argv], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr, completed.stderr
+    assert (
+        f"adajudge train: error: Cannot read the training data: Line 1 of {broken} is not valid JSON"
+        in completed.stderr
+    )
+
+
+def test_the_dataset_summary_with_prompt_lengths_is_shown(backbone, tmp_path, capsys):
+    rows = [{"prompt": "", "chosen": " A good answer.", "rejected": " bad"} for _ in range(4)]
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    argv = ["train", "--model_name_or_path", str(backbone), "--dataset_name", str(data), "--output_dir", str(tmp_path)]
+    assert adajudge([*argv, "--max_steps", "1", "--per_device_train_batch_size", "2", *CPU, *TINY_JUDGE]) == 0
+    err = capsys.readouterr().err
+    assert "train dataset: kept 4 of 4 pairs" in err and "min 0, mean 0.0, max 0; 4 with no prompt" in err
+    assert "EVERY pair of the train dataset has an empty prompt although it has a `prompt` column" in err

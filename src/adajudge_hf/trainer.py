@@ -76,6 +76,9 @@ class AdaJudgeRewardConfig(RewardConfig):
         max_length (`int` or `None`, *optional*, defaults to `1024`):
             Longer pairs are truncated, not dropped: the prompt is cut from the left, once per pair so that chosen
             and rejected keep the same prompt tokens, and the end of the response is kept.
+        gradient_checkpointing (`bool`, *optional*):
+            transformers' deprecated alias of `activation_checkpointing`. Unset (and `activation_checkpointing` unset),
+            activation checkpointing is on, TRL's default, without the deprecation warning TRL's `True` triggers.
     """
 
     bt_temperature: float | None = field(
@@ -123,6 +126,14 @@ class AdaJudgeRewardConfig(RewardConfig):
             "backbone; otherwise training falls back to the plain layout with a notice."
         },
     )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Deprecated alias of `activation_checkpointing`. None: checkpointing on (TRL's default).",
+            "nargs": "?",
+            "const": True,
+        },
+    )
     max_length: int | None = field(
         default=1024,
         metadata={
@@ -132,6 +143,8 @@ class AdaJudgeRewardConfig(RewardConfig):
     )
 
     def __post_init__(self):
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True  # TRL's default, by its current name
         super().__post_init__()
         # Validate the loss values that are set; the unset ones come from the model config (validated there).
         placeholders = {"bt_temperature": 1.0, "focal_gamma": 0.0, "entropy_floor": 0.0, "entropy_floor_coef": 0.0}
