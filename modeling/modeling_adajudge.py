@@ -15,15 +15,106 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.utils import ModelOutput, logging
+from transformers.modeling_utils import load_state_dict
+from transformers.utils import ModelOutput, cached_file, find_adapter_config_file, is_peft_available, logging
 
 from .configuration_adajudge import AdaJudgeConfig
 
 
 logger = logging.get_logger(__name__)
+
+
+JUDGE_HEADS_FILE = "judge_head.safetensors"
+"""The heads of a judge saved without its backbone (the heads and adapter forms)."""
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+FULL_WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
+
+
+def _looks_like_local_path(name: str) -> bool:
+    """Whether `name` can only mean a local path: absolute, relative with ./ ../ ~, more than one '/', or inside an
+    existing folder. `org/name` stays a Hub repo id."""
+    parent = os.path.dirname(name.rstrip("/"))
+    return (
+        os.path.isabs(name)
+        or name.startswith((".", "~"))
+        or name.rstrip("/").count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+        or (bool(parent) and os.path.isdir(parent))
+    )
+
+
+def check_local_checkpoint(source: str, subfolder: str) -> None:
+    """Clear errors before loading: a local path that does not exist, pickle-only folders, broken safetensors."""
+    if not os.path.isdir(source):
+        if _looks_like_local_path(source) and not os.path.exists(source):
+            raise FileNotFoundError(
+                f"{source} does not exist: there is no such local folder. Check the path (a judge is the folder "
+                "that `save_judge` or `adajudge train` wrote), or pass a Hub repo id of the form 'org/name'."
+            )
+        return
+    folder = os.path.join(source, subfolder)
+    pickles = glob.glob(os.path.join(folder, "*.bin")) + glob.glob(os.path.join(folder, "*.pt"))
+    safetensors_files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+    if pickles and not safetensors_files:
+        raise ValueError(
+            f"{source} holds only pickle checkpoints ({', '.join(sorted(map(os.path.basename, pickles)))}). "
+            "AdaJudge loads safetensors only, because unpickling can run arbitrary code. Convert a checkpoint "
+            "you trust with `model.save_pretrained(path)` (safetensors is the default) and load that."
+        )
+    for path in safetensors_files:
+        _check_safetensors(path)
+
+
+def _check_safetensors(path: str) -> None:
+    """Read the header of a safetensors file: a truncated or empty file raises a ValueError that names it."""
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty (0 bytes): the save or download was cut off. Save or download it again.")
+    try:
+        load_state_dict(path, map_location="meta")  # the header only; it must cover the whole file
+    except Exception as error:  # safetensors raises its own SafetensorError
+        raise ValueError(
+            f"{path} is truncated or corrupt ({error}): the save or download was cut off. Save or download it again."
+        ) from error
+
+
+def _resolve_file(source: str, filename: str, hub_kwargs: dict) -> str | None:
+    """Local path of `filename` in a folder or Hub repo (downloaded to the cache), or None when it has none."""
+    if os.path.isdir(source):
+        path = os.path.join(source, hub_kwargs.get("subfolder", ""), filename)
+        return path if os.path.isfile(path) else None
+    return cached_file(
+        source,
+        filename,
+        **hub_kwargs,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+
+
+def _refuse_non_finite(named_tensors, where: str) -> None:
+    """Raise a ValueError naming the NaN / Inf tensors and where they were read from."""
+    bad = [
+        name
+        for name, tensor in named_tensors
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all()
+    ]
+    if bad:
+        raise ValueError(
+            f"{where} has NaN or Inf values in {len(bad)} tensor(s): {', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}. It was probably saved after a diverged training step; load an earlier "
+            "checkpoint."
+        )
 
 
 def find_response_template(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -344,30 +435,95 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, restricted to safetensors and checked for non-finite weights."""
-        if os.path.isdir(str(pretrained_model_name_or_path)):
-            folder = str(pretrained_model_name_or_path)
-            subfolder = kwargs.get("subfolder") or ""
-            pickles = glob.glob(os.path.join(folder, subfolder, "*.bin")) + glob.glob(
-                os.path.join(folder, subfolder, "*.pt")
-            )
-            if pickles and not glob.glob(os.path.join(folder, subfolder, "*.safetensors")):
-                raise ValueError(
-                    f"{folder} holds only pickle checkpoints ({', '.join(sorted(map(os.path.basename, pickles)))}). "
-                    "AdaJudge loads safetensors only, because unpickling can run arbitrary code. Convert a checkpoint "
-                    "you trust with `model.save_pretrained(path)` (safetensors is the default) and load that."
-                )
+        """`PreTrainedModel.from_pretrained` for every save form of a judge, safetensors only, non-finite weights refused.
+
+        A full checkpoint (`model.safetensors`) loads as usual. A folder or Hub repo with `config.json` and
+        `judge_head.safetensors` but no `model.safetensors` is the heads form: the backbone is loaded from
+        `config.base_model_name_or_path` (override with `base_model_name_or_path=`), then the heads file; with an
+        `adapter_config.json` next to them (the adapter form) the LoRA adapter is loaded through transformers' PEFT
+        integration (`load_adapter`), as for any PEFT folder, and stays unmerged. So the Auto classes, `pipeline` and
+        TRL open every form by path or repo id. `revision` / `subfolder` apply to the judge, not to its backbone.
+        """
+        source = str(pretrained_model_name_or_path)
+        base_override = kwargs.pop("base_model_name_or_path", None)
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
+        check_local_checkpoint(source, hub_kwargs.get("subfolder", ""))
+        heads_file = _resolve_file(source, JUDGE_HEADS_FILE, hub_kwargs)
+        is_split = heads_file is not None and not any(
+            _resolve_file(source, name, hub_kwargs) for name in FULL_WEIGHTS_FILES
+        )
+        if is_split:
+            return cls._from_split_checkpoint(source, heads_file, base_override, hub_kwargs, *model_args, **kwargs)
         kwargs.setdefault("use_safetensors", True)
         loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        non_finite = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
-        if non_finite:
-            raise ValueError(
-                f"The checkpoint at {pretrained_model_name_or_path} has NaN or Inf values in "
-                f"{len(non_finite)} tensor(s): {', '.join(non_finite[:5])}{' ...' if len(non_finite) > 5 else ''}. "
-                "It was probably saved after a diverged training step; load an earlier checkpoint."
-            )
+        _refuse_non_finite(model.state_dict().items(), f"{source} (model.safetensors)")
         return loaded
+
+    @classmethod
+    def _from_split_checkpoint(cls, source, heads_file, base_override, hub_kwargs, *model_args, **kwargs):
+        """The heads and adapter forms: backbone from its own folder or repo, then the heads, then any LoRA adapter."""
+        config = kwargs.pop("config", None)
+        if not isinstance(config, PreTrainedConfig):
+            config = cls.config_class.from_pretrained(source, **hub_kwargs)
+            # Config fields given as keyword arguments (e.g. TRL's `num_labels=1`) update it, as in `from_pretrained`.
+            for key in [key for key in kwargs if hasattr(config, key) and key not in ("dtype", "torch_dtype")]:
+                setattr(config, key, kwargs.pop(key))
+        base = base_override or getattr(config, "base_model_name_or_path", None)
+        if not base:
+            raise ValueError(
+                f"{source}/config.json does not record the backbone (`base_model_name_or_path`); pass "
+                "`base_model_name_or_path=` (the Hub id or folder of the backbone)."
+            )
+        adapter_kwargs = {**hub_kwargs, **(kwargs.pop("adapter_kwargs", None) or {})}
+        adapter_kwargs.pop("_adapter_model_path", None)  # set by the Auto classes: it is `source` itself
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        for key in ("revision", "subfolder"):  # they name a state of the judge's repo, not of the backbone's
+            kwargs.pop(key, None)
+        kwargs.setdefault("use_safetensors", True)
+        check_local_checkpoint(str(base), "")
+        with cls.backbone_only_loading():
+            model, info = super().from_pretrained(base, *model_args, config=config, output_loading_info=True, **kwargs)
+        model.judge_head.to(torch.float32)  # fresh heads are created in the load dtype; the file's values replace them
+        model.config.base_model_name_or_path = str(base)
+        model.config._name_or_path = model.name_or_path = source  # tools (TRL's GRPO) load the judge's tokenizer here
+        _refuse_non_finite(model.model.named_parameters(), f"the backbone {base}")
+
+        _check_safetensors(heads_file)
+        heads = load_state_dict(heads_file)
+        _refuse_non_finite(heads.items(), heads_file)
+        missing, unexpected = model.judge_head.load_state_dict(heads, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{heads_file} does not fit the judge described by its config.json: missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}. The heads file and config.json must come from the same `save_judge` call."
+            )
+
+        if find_adapter_config_file(source, **hub_kwargs) is not None:
+            if not is_peft_available():
+                raise ValueError(f"{source} holds a LoRA adapter (adapter_config.json); install `peft` to load it.")
+            adapter_file = _resolve_file(source, ADAPTER_WEIGHTS_FILE, hub_kwargs)
+            if adapter_file is None:
+                raise ValueError(f"{source} has an adapter_config.json but no {ADAPTER_WEIGHTS_FILE}.")
+            _check_safetensors(adapter_file)
+            adapter_info = model.load_adapter(source, adapter_kwargs=adapter_kwargs)
+            if adapter_info.missing_keys or adapter_info.unexpected_keys:
+                raise ValueError(
+                    f"{adapter_file} does not fit this judge: missing {sorted(adapter_info.missing_keys)[:5]}, "
+                    f"unexpected {sorted(adapter_info.unexpected_keys)[:5]}. Load it with the backbone it was "
+                    "trained on."
+                )
+            adapters = ((name, tensor) for name, tensor in model.named_parameters() if "lora_" in name)
+            _refuse_non_finite(adapters, adapter_file)
+        model.eval()
+        if output_loading_info:
+            return model, {
+                "missing_keys": set(),
+                "unexpected_keys": set(info["unexpected_keys"]),
+                "mismatched_keys": set(info["mismatched_keys"]),
+                "error_msgs": list(info["error_msgs"]),
+            }
+        return model
 
     @classmethod
     @contextmanager

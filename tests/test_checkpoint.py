@@ -74,6 +74,15 @@ def test_adapter_form_keeps_lora_and_heads_apart(backbone_dir, tmp_path):
     assert "expert_heads.last.0.weight" in heads and "pooling_router.2.weight" in heads
 
 
+@pytest.mark.parametrize("form", ["adapter", "heads"])
+def test_adapter_and_heads_forms_carry_no_remote_code(backbone_dir, tmp_path, form):
+    """No `auto_map` and no code files: a `config.json` naming remote code makes transformers ask whether to run it
+    whenever a process without the package reads the folder, even for its tokenizer."""
+    folder = save_judge(new_judge(backbone_dir, lora=form == "adapter"), tmp_path / "judge", form=form)
+    assert "auto_map" not in json.loads((folder / "config.json").read_text())
+    assert not list(folder.glob("*.py"))
+
+
 def test_full_form_is_a_standalone_checkpoint(backbone_dir, tmp_path):
     folder = save_judge(new_judge(backbone_dir, lora=True), tmp_path / "judge", form="full")
     assert {"config.json", "model.safetensors", "configuration_adajudge.py", "modeling_adajudge.py"} <= {
@@ -109,7 +118,7 @@ def test_missing_or_broken_heads_are_an_error_never_random_heads(backbone_dir, t
         load_judge(folder)
     broken = {**heads, "pooling_router.2.weight": torch.full_like(heads["pooling_router.2.weight"], float("nan"))}
     save_file(broken, folder / HEADS_FILE)
-    with pytest.raises(ValueError, match="NaN or Inf values in pooling_router.2.weight"):
+    with pytest.raises(ValueError, match=r"judge_head.safetensors has NaN or Inf values in 1 tensor\(s\): pooling"):
         load_judge(folder)
     save_file({k: v for k, v in heads.items() if not k.startswith("expert_heads.mean")}, folder / HEADS_FILE)
     with pytest.raises(ValueError, match="missing"):

@@ -245,11 +245,14 @@ def test_push_adapter_and_heads_forms(hub, tmp_path, backbone_dir, form, monkeyp
     push_judge(checkpoint, f"org/judge-{form}")
 
     uploaded = hub.files(f"org/judge-{form}")
-    expected = {".gitattributes", "README.md", "config.json", "configuration_adajudge.py", "judge_head.safetensors"}
+    expected = {".gitattributes", "README.md", "config.json", "judge_head.safetensors"}
     expected |= {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
     if form == "adapter":
         expected |= {"adapter_model.safetensors", "adapter_config.json"}
-    assert set(uploaded) == expected  # no modeling code: these forms load through the package
+    assert set(uploaded) == expected  # no remote code: these forms load through the package
+    # A repo id with an adapter opens the adapter's base model: it must name the judge itself, not its backbone.
+    if form == "adapter":
+        assert json.loads(uploaded["adapter_config.json"])["base_model_name_or_path"] == f"org/judge-{form}"
     assert len(hub.repos[f"org/judge-{form}"].commits) == 2  # the repo's first commit, then one upload
     card = ModelCard(uploaded["README.md"].decode())
     assert card.data.base_model == BACKBONE_REPO  # recorded by save_judge

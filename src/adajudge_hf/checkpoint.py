@@ -6,7 +6,12 @@
 | `"heads"` | `judge_head.safetensors`, `config.json` | frozen backbone: only the heads were trained |
 | `"full"` | `config.json`, `model.safetensors` (LoRA merged), `configuration_adajudge.py`, `modeling_adajudge.py` | self-contained; loads with `AutoModel...(trust_remote_code=True)` without this package |
 
-One-liners (each returns an `AdaJudgeForRewardModeling` in eval mode with the rewards the judge had when saved):
+Every form opens through every door of transformers: `AutoModelForSequenceClassification.from_pretrained(folder)`,
+`AutoModel`, `pipeline("text-classification", model=folder, function_to_apply="none")` and TRL's string arguments
+(`GRPOTrainer(reward_funcs=folder)`, `RewardTrainer(model=folder)`) all reach
+`AdaJudgeForRewardModeling.from_pretrained`, which reads the heads and adapter forms itself (the adapter through
+transformers' PEFT integration, unmerged, frozen for scoring). `load_judge` is the same load, plus Hub snapshots, the
+form check and the LoRA merged in:
 
 ```python
 from adajudge_hf import load_judge
@@ -15,11 +20,18 @@ judge = load_judge("out/judge-heads")  # backbone from config.base_model_name_or
 judge = load_judge("out/judge-full", dtype="bfloat16")  # plain from_pretrained
 ```
 
+The adapter and heads forms carry no remote code (no `auto_map`, no `configuration_adajudge.py`): they need this
+package, and in return `AutoTokenizer.from_pretrained(folder)` in a process without it never stops at transformers'
+`trust_remote_code` prompt, which any `config.json` naming remote code triggers. On the Hub, `adajudge push` points
+the adapter form's `adapter_config.json` at the judge repo itself: transformers sends a repo id with an adapter to the
+`base_model_name_or_path` of that file, which must be the judge, not the bare backbone.
+
 Every folder is written to a temporary sibling and renamed into place, so a crash leaves the previous folder (or
 none), never a half-written one.
 """
 
 import copy
+import json
 import os
 import shutil
 import uuid
@@ -31,17 +43,21 @@ import torch
 from huggingface_hub import snapshot_download
 from peft import PeftModel
 from peft.utils import ModulesToSaveWrapper, get_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
-from .lora import HEAD_MODULE
+from .lora import HEAD_MODULE, merge_loaded_adapters
 from .modeling import AdaJudgeConfig, AdaJudgeForRewardModeling
+from .modeling.modeling_adajudge import (
+    ADAPTER_WEIGHTS_FILE,
+    FULL_WEIGHTS_FILES,
+    JUDGE_HEADS_FILE,
+    check_local_checkpoint,
+)
 
 
-HEADS_FILE = "judge_head.safetensors"
+HEADS_FILE = JUDGE_HEADS_FILE
 ADAPTER_CONFIG_FILE = "adapter_config.json"
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-FULL_WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
 SAVE_FORMS = ("adapter", "heads", "full")
 
 
@@ -106,9 +122,10 @@ def _save_config(judge: AdaJudgeForRewardModeling, folder: Path, base_model_name
     config = copy.deepcopy(judge.config)
     config.base_model_name_or_path = base_model_name_or_path
     config.architectures = [type(judge).__name__]
-    if form != "full":  # these folders carry no modeling file: `load_judge` (the package) loads them, not remote code
-        config.auto_map = None
-    config.save_pretrained(folder)
+    # No remote code (see the module docstring): `save_pretrained` would add `auto_map` and copy the config's file.
+    text = json.loads(config.to_json_string(use_diff=True))
+    text.pop("auto_map", None)
+    (folder / "config.json").write_text(json.dumps(text, indent=2, sort_keys=True) + "\n")
 
 
 def _base_model_name_or_path(judge: AdaJudgeForRewardModeling, explicit: str | None) -> str | None:
@@ -183,6 +200,19 @@ def save_judge(
     return Path(output_dir)
 
 
+def adapter_config_for_repo(folder: str | os.PathLike, repo_id: str) -> bytes:
+    """The adapter form's `adapter_config.json` as uploaded to `repo_id`: its base model is the judge repo itself.
+
+    Given a repo id with an `adapter_config.json`, transformers (`AutoModel...`, `pipeline`) loads the model named by
+    its `base_model_name_or_path` and puts the adapter on it. Naming the bare backbone there would give a stock
+    sequence-classification model of the backbone with a random score head; naming the judge repo makes them load
+    the judge (backbone from `config.json`, heads, adapter). Local folders are never redirected.
+    """
+    adapter_config = json.loads((Path(folder) / ADAPTER_CONFIG_FILE).read_text())
+    adapter_config["base_model_name_or_path"] = repo_id
+    return (json.dumps(adapter_config, indent=2, sort_keys=True) + "\n").encode()
+
+
 def detect_judge_form(path: str | os.PathLike) -> str:
     """The save form of a local judge folder: `"adapter"`, `"heads"` or `"full"`; a `ValueError` if it is none."""
     path = Path(path)
@@ -208,31 +238,20 @@ def detect_judge_form(path: str | os.PathLike) -> str:
     return form
 
 
-def _load_heads(judge: AdaJudgeForRewardModeling, path: Path) -> None:
-    state = load_file(path)
-    non_finite = [name for name, tensor in state.items() if not torch.isfinite(tensor).all()]
-    if non_finite:
-        raise ValueError(f"{path} has NaN or Inf values in {', '.join(non_finite[:5])}; load an earlier checkpoint.")
-    missing, unexpected = judge.judge_head.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path} does not fit the judge described by its config.json: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}. The heads file and config.json must come from the same `save_judge` call."
-        )
-
-
 def load_judge(path: str | os.PathLike, **from_pretrained_kwargs) -> AdaJudgeForRewardModeling:
     """Load a judge saved by `save_judge` in any form (detected from the files), ready to score, in eval mode.
 
-    `from_pretrained_kwargs` go to `from_pretrained` of the full checkpoint or of the backbone (`dtype`,
-    `device_map`, `attn_implementation`, ...); `base_model_name_or_path=` overrides the backbone recorded in the
-    config (e.g. a local copy of the Hub backbone). Adapters are merged into the returned model.
+    The load is `AdaJudgeForRewardModeling.from_pretrained` (the one loader behind the Auto classes, `pipeline` and
+    TRL); `from_pretrained_kwargs` go to it (`dtype`, `device_map`, `attn_implementation`, ...), and
+    `base_model_name_or_path=` overrides the backbone recorded in the config (e.g. a local copy of the Hub backbone).
+    On top of it, the folder's form is checked first (clear errors for a backbone or a judge missing its heads) and
+    adapters are merged into the returned model.
 
     `path` may also be a Hub repo id (`load_judge("org/adajudge-qwen3-8b-adapter")`): the repo is fetched with
     `snapshot_download` (`revision`, `token` and `cache_dir` apply to it; with `HF_HUB_OFFLINE=1` it comes from the
     cache), and the backbone it names is fetched by `from_pretrained` as usual.
     """
-    base_override = from_pretrained_kwargs.pop("base_model_name_or_path", None)
+    check_local_checkpoint(str(path), "")  # a local path that does not exist: say so, not "Repo id must be ..."
     if not Path(path).is_dir():
         revision = from_pretrained_kwargs.pop("revision", None)
         hub_kwargs = {
@@ -241,30 +260,20 @@ def load_judge(path: str | os.PathLike, **from_pretrained_kwargs) -> AdaJudgeFor
         path = snapshot_download(str(path), revision=revision, **hub_kwargs)
     path = Path(path)
     form = detect_judge_form(path)
-    if form == "full":
-        judge, info = AdaJudgeForRewardModeling.from_pretrained(
-            path, output_loading_info=True, **from_pretrained_kwargs
-        )
-        if info["missing_keys"]:
-            raise ValueError(
-                f"{path} lacks weights for {sorted(info['missing_keys'])[:5]}; refusing to use random initial values."
-            )
-        return judge.eval()
-
-    config = AdaJudgeConfig.from_pretrained(path)
-    base = base_override or getattr(config, "base_model_name_or_path", None)
-    if not base:
+    judge, info = AdaJudgeForRewardModeling.from_pretrained(path, output_loading_info=True, **from_pretrained_kwargs)
+    if form == "full" and info["missing_keys"]:
         raise ValueError(
-            f"{path}/config.json does not record the backbone (`base_model_name_or_path`); pass "
-            "`base_model_name_or_path=` to `load_judge`."
+            f"{path} lacks weights for {sorted(info['missing_keys'])[:5]}; refusing to use random initial values."
         )
-    with AdaJudgeForRewardModeling.backbone_only_loading():
-        judge = AdaJudgeForRewardModeling.from_pretrained(base, config=config, **from_pretrained_kwargs)
-    judge.config.base_model_name_or_path = base
-    _load_heads(judge, path / HEADS_FILE)
-    if form == "adapter":
-        judge = PeftModel.from_pretrained(judge, path).merge_and_unload()
-    return judge.eval()
+    return merge_loaded_adapters(judge).eval()
 
 
-__all__ = ["HEADS_FILE", "SAVE_FORMS", "atomic_folder", "detect_judge_form", "load_judge", "save_judge"]
+__all__ = [
+    "HEADS_FILE",
+    "SAVE_FORMS",
+    "adapter_config_for_repo",
+    "atomic_folder",
+    "detect_judge_form",
+    "load_judge",
+    "save_judge",
+]

@@ -2,13 +2,14 @@
 
 PEFT has no default `target_modules` for the custom `adajudge` model type, `"all-linear"` would also match the head's
 linear layers, and heads outside `modules_to_save` are silently neither trained nor saved. `adajudge_lora_config`
-fixes all three: `LoraConfig(r=16)` just works.
+fixes all three: `LoraConfig(r=16)` just works. `merge_loaded_adapters` folds an adapter that transformers loaded
+(`from_pretrained` of an adapter folder) into the weights, as `PeftModel.merge_and_unload` does for a `PeftModel`.
 """
 
 import copy
 
 from peft import LoraConfig, TaskType
-from peft.tuners.tuners_utils import check_target_module_exists
+from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from peft.utils import INCLUDE_LINEAR_LAYERS_SHORTHAND
 from torch import nn
 
@@ -77,4 +78,25 @@ def adajudge_lora_config(peft_config: LoraConfig, model: nn.Module) -> LoraConfi
     return config
 
 
-__all__ = ["BACKBONE_TARGET_MODULES", "HEAD_MODULE", "adajudge_lora_config"]
+def merge_loaded_adapters(model: nn.Module) -> nn.Module:
+    """Merge the adapters that transformers' PEFT integration (`load_adapter`) injected into `model`, in place.
+
+    Each LoRA layer is folded into its base layer (`safe_merge`, which refuses NaN) and replaced by it, and the
+    model forgets its adapter config, so it trains and saves as a plain model. Every parameter is made trainable
+    again (loading an adapter for inference freezes the model). A model without adapters is returned unchanged.
+    """
+    tuner_layers = [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
+    if not tuner_layers:
+        return model
+    for name, module in tuner_layers:
+        module.merge(safe_merge=True)
+        parent_name, _, child_name = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child_name, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    model._hf_peft_config_loaded = False
+    model.requires_grad_(True)
+    return model
+
+
+__all__ = ["BACKBONE_TARGET_MODULES", "HEAD_MODULE", "adajudge_lora_config", "merge_loaded_adapters"]

@@ -25,6 +25,7 @@ from transformers import (
 from ..checkpoint import load_judge
 from ..cli import accept_underscore_flags
 from ..modeling import AdaJudgeConfig
+from ..modeling.modeling_adajudge import check_local_checkpoint
 from .data import BENCHMARKS, JUDGEBENCH_SPLITS
 from .progress import ScoringInterrupted
 from .report import LENGTH_BASELINE, evaluate_length_baseline, evaluate_model, format_summary
@@ -95,6 +96,7 @@ def load_reward_model(name_or_path: str, dtype: str | None = None) -> tuple[PreT
     """
     device = distributed_state().device
     dtype = DTYPES[dtype or ("float32" if device.type == "cpu" else "auto")]
+    check_local_checkpoint(name_or_path, "")  # a missing folder is named as such, not as a bad repo id
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     folder = Path(name_or_path)
     is_judge_folder = (folder / "config.json").is_file() and (

@@ -7,6 +7,7 @@ from pathlib import Path
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
 
 from .. import __version__
+from ..checkpoint import ADAPTER_CONFIG_FILE, adapter_config_for_repo
 from ..evaluation.provenance import WEIGHTS_SUFFIX
 from .cards import _checkpoint_card
 from .folders import _REPO_ID, Evaluation, check_checkpoint, check_evaluations_match, read_evaluations
@@ -69,6 +70,9 @@ def push_judge(
         raise ValueError(f"`repo_id` must look like 'org/name', got {repo_id!r}.")
     form, evaluations = check_checkpoint(folder), read_evaluations(eval_dir)
     operations = _upload_operations(folder, form, evaluations)
+    if form == "adapter":  # the Auto classes must reach the judge, not the bare backbone, from this repo id
+        operations = [operation for operation in operations if operation.path_in_repo != ADAPTER_CONFIG_FILE]
+        operations.append(CommitOperationAdd(ADAPTER_CONFIG_FILE, adapter_config_for_repo(folder, repo_id)))
     # The sha256 that the upload needs anyway (computed once, reused by huggingface_hub) identifies the weights.
     weight_hashes = {
         operation.path_in_repo: operation.upload_info.sha256.hex()

@@ -1,0 +1,299 @@
+"""One judge, every door: each save form (full, adapter + heads, heads) opens through the Auto classes, `pipeline`,
+TRL's string arguments, `load_judge` and `adajudge evaluate`, by folder and by Hub repo id, with the rewards the judge
+had when saved; broken files end in one clear error that names the file."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import randomize_head
+from datasets import Dataset
+from hub_stand_in import HubStandIn
+from huggingface_hub import HfApi, snapshot_download
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
+from test_hub import BACKBONE_REPO, go_offline, hub  # noqa: F401  (`hub` is a fixture)
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+from trl import GRPOConfig, GRPOTrainer, RewardConfig, RewardTrainer
+
+from adajudge_hf import AdaJudgeForRewardModeling
+from adajudge_hf.checkpoint import load_judge, save_judge
+from adajudge_hf.evaluation import evaluate_model
+from adajudge_hf.evaluation.cli import main as evaluate_main
+from adajudge_hf.hub import push_judge
+from adajudge_hf.lora import adajudge_lora_config
+from adajudge_hf.testing import save_tiny_causal_lm
+
+
+FORMS = ("full", "adapter", "heads")
+CHATS = [
+    [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+    ],
+    [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+]
+ATOL = 1e-6  # fp32: the same weights, summed in another order after a reload (memory-mapped, unaligned) at most
+
+
+def trained(backbone: Path, form: str):
+    """A tiny judge as training leaves it: random heads, and random LoRA weights for the adapter form."""
+    torch.manual_seed(0)
+    judge = AdaJudgeForRewardModeling.from_backbone(backbone, num_refinement_blocks=2, head_hidden_size=16)
+    randomize_head(judge)
+    if form != "adapter":
+        return judge.eval()
+    model = get_peft_model(judge, adajudge_lora_config(LoraConfig(r=4, lora_alpha=8), judge))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    return model.eval()
+
+
+def rewards(model, tokenizer) -> torch.Tensor:
+    """Rewards of `CHATS` as every tool feeds them: chat template, padded batch, no response mask."""
+    inputs = tokenizer.apply_chat_template(CHATS, return_tensors="pt", return_dict=True, padding=True)
+    with torch.no_grad():
+        return model(**inputs).logits.squeeze(-1)
+
+
+@pytest.fixture(scope="module")
+def judges(tmp_path_factory) -> dict[str, tuple[Path, torch.Tensor, object]]:
+    """{form: (folder, rewards of the saved model on CHATS, the saved model)}."""
+    root = tmp_path_factory.mktemp("doors")
+    backbone = save_tiny_causal_lm(root / "backbone")
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    saved = {}
+    for form in FORMS:
+        model = trained(backbone, form)
+        folder = save_judge(model, root / form, form=form, tokenizer=tokenizer)
+        saved[form] = (folder, rewards(model, tokenizer), model)
+    return saved
+
+
+def open_by(door: str, name: str):
+    if door == "pipeline":
+        return pipeline("text-classification", model=name, function_to_apply="none").model
+    if door == "load_judge":
+        return load_judge(name)
+    return {
+        "AutoModel": AutoModel,
+        "AutoModelForSequenceClassification": AutoModelForSequenceClassification,
+        "AdaJudgeForRewardModeling": AdaJudgeForRewardModeling,
+    }[door].from_pretrained(name)
+
+
+DOORS = ("AutoModelForSequenceClassification", "AutoModel", "AdaJudgeForRewardModeling", "pipeline", "load_judge")
+
+
+@pytest.mark.parametrize("door", DOORS)
+@pytest.mark.parametrize("form", FORMS)
+def test_every_form_opens_through_every_door_with_identical_rewards(judges, form, door):
+    folder, expected, _ = judges[form]
+    model = open_by(door, str(folder))
+    assert isinstance(model, AdaJudgeForRewardModeling) and not model.training
+    torch.testing.assert_close(rewards(model, AutoTokenizer.from_pretrained(folder)), expected, rtol=0, atol=ATOL)
+
+
+def test_pipeline_returns_the_raw_reward_of_every_form(judges):
+    for folder, expected, _ in judges.values():
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        scorer = pipeline("text-classification", model=str(folder), function_to_apply="none")
+        scores = [scorer(tokenizer.apply_chat_template(chat, tokenize=False))[0]["score"] for chat in CHATS]
+        torch.testing.assert_close(torch.tensor(scores), expected, rtol=0, atol=1e-5)
+
+
+def test_adapter_form_follows_transformers_peft_convention(judges):
+    """Opened by path, the adapter is loaded by transformers' PEFT integration (unmerged, frozen for scoring);
+    `load_judge` merges it into a plain, trainable judge."""
+    folder, expected, _ = judges["adapter"]
+    opened = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert list(opened.peft_config) == ["default"]
+    lora = [parameter for name, parameter in opened.named_parameters() if "lora_B" in name]
+    assert lora and not any(parameter.requires_grad for parameter in lora)
+    merged = load_judge(folder)
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    assert all(parameter.requires_grad for parameter in merged.parameters())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    bare = load_judge(folder.parent / "heads")  # the same heads on the bare backbone: the adapter matters
+    assert not torch.allclose(rewards(bare, tokenizer), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_trl_string_arguments_open_every_form(judges, form, tmp_path):
+    folder, expected, _ = judges[form]
+    prompts = Dataset.from_dict({"prompt": [[{"role": "user", "content": "Hi?"}]] * 2})
+    policy = save_tiny_causal_lm(tmp_path / "policy", seed=1)
+    common = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", save_strategy="no")
+    grpo = GRPOTrainer(
+        model=str(policy),
+        reward_funcs=str(folder),
+        args=GRPOConfig(per_device_train_batch_size=2, num_generations=2, max_completion_length=4, **common),
+        train_dataset=prompts,
+    )
+    reward_model, reward_tokenizer = grpo.reward_funcs[0], grpo.reward_processing_classes[0]
+    assert isinstance(reward_model, AdaJudgeForRewardModeling)
+    assert reward_tokenizer.name_or_path == str(folder)  # the judge's own tokenizer, not its backbone's
+    torch.testing.assert_close(rewards(reward_model, reward_tokenizer), expected, rtol=0, atol=ATOL)
+
+    pairs = Dataset.from_dict({"chosen": ["A good answer."] * 2, "rejected": ["Bad."] * 2})
+    trainer = RewardTrainer(model=str(folder), args=RewardConfig(**common), train_dataset=pairs)
+    assert isinstance(trainer.model, AdaJudgeForRewardModeling)
+    torch.testing.assert_close(rewards(trainer.model, reward_tokenizer), expected, rtol=0, atol=ATOL)
+
+
+def write_pairs(path: Path) -> Path:
+    rows = [
+        {"prompt": "What is the capital of France?", "chosen": "Paris.", "rejected": "Rome, I think."},
+        {"prompt": "How do I bake bread?", "chosen": "Knead flour, water, yeast; bake.", "rejected": "No idea."},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_evaluate_cli_scores_every_form_like_the_saved_model(judges, form, tmp_path):
+    folder, _, model = judges[form]
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    evaluate_model(model, tokenizer, "pairs", data, tmp_path / "expected", show_progress=False)
+    args = ["--model", str(folder), "--benchmark", "pairs", "--data", str(data), "--output-dir", str(tmp_path / "cli")]
+    assert evaluate_main(args) == 0
+
+    def read(folder: Path) -> list[dict]:
+        return [json.loads(line) for line in (folder / "rewards.jsonl").read_text().splitlines()]
+
+    expected, scored = read(tmp_path / "expected"), read(tmp_path / "cli")
+    assert len(scored) == len(expected) == 2
+    for want, got in zip(expected, scored):
+        for key in ("score_chosen", "score_rejected"):
+            assert got[key] == pytest.approx(want[key], abs=ATOL)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# By Hub repo id (the stand-in Hub of test_hub.py), offline from the cache
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_every_form_opens_by_repo_id_offline(hub: HubStandIn, tmp_path, monkeypatch, form):  # noqa: F811
+    backbone = save_tiny_causal_lm(tmp_path / "backbone")
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    model = trained(backbone, form)
+    expected = rewards(model, tokenizer)
+    base = None if form == "full" else BACKBONE_REPO
+    folder = save_judge(model, tmp_path / "judge", form=form, tokenizer=tokenizer, base_model_name_or_path=base)
+    api = HfApi(token=hub.token)
+    api.create_repo(BACKBONE_REPO)
+    api.upload_folder(folder_path=backbone, repo_id=BACKBONE_REPO)
+    push_judge(folder, "org/judge", token=hub.token)
+    snapshot_download("org/judge")
+    snapshot_download(BACKBONE_REPO)
+    go_offline(hub, monkeypatch)
+
+    for door in DOORS:
+        opened = open_by(door, "org/judge")
+        assert isinstance(opened, AdaJudgeForRewardModeling), door  # never a stock seq-cls model of the backbone
+        torch.testing.assert_close(rewards(opened, tokenizer), expected, rtol=0, atol=ATOL, msg=door)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad files: one clear line that names the file
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def copy_of(judges, form: str, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(judges[form][0], tmp_path / form))
+
+
+@pytest.mark.parametrize(
+    "form, filename, tensor",
+    [
+        ("adapter", "adapter_model.safetensors", "lora_B"),
+        ("adapter", "judge_head.safetensors", "pooling_router.2.weight"),
+        ("heads", "judge_head.safetensors", "expert_heads.last.0.weight"),
+        ("full", "model.safetensors", "judge_head.attention_pool.weight"),
+    ],
+)
+def test_nan_weights_are_refused_in_every_form_naming_tensor_and_file(judges, tmp_path, form, filename, tensor):
+    folder = copy_of(judges, form, tmp_path)
+    weights = load_file(folder / filename)
+    name = next(key for key in weights if tensor in key)
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, folder / filename, metadata={"format": "pt"})
+    for load in (load_judge, AutoModelForSequenceClassification.from_pretrained):
+        with pytest.raises(ValueError, match=rf"{filename}.* has NaN or Inf values in 1 tensor\(s\): .*{tensor}"):
+            load(folder)
+
+
+@pytest.mark.parametrize("form, filename", [("full", "model.safetensors"), ("heads", "judge_head.safetensors"),
+                                            ("adapter", "adapter_model.safetensors")])  # fmt: skip
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_broken_safetensors_name_the_file(judges, tmp_path, capsys, form, filename, damage):
+    folder = copy_of(judges, form, tmp_path)
+    path = folder / filename
+    path.write_bytes(b"" if damage == "empty" else path.read_bytes()[: path.stat().st_size // 2])
+    message = "is empty" if damage == "empty" else "is truncated or corrupt"
+    for load in (load_judge, AutoModelForSequenceClassification.from_pretrained):
+        with pytest.raises(ValueError, match=rf"{filename} {message}.*Save or download it again"):
+            load(folder)
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    args = ["--model", str(folder), "--benchmark", "pairs", "--data", str(data), "--output-dir", str(tmp_path / "o")]
+    assert evaluate_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and filename in err[0] and message in err[0] and "Traceback" not in err[0]
+
+
+def test_a_missing_local_folder_is_named_as_such(tmp_path, capsys):
+    for missing in (str(tmp_path / "no-such-judge"), "./no-such-judge", "outputs/run-1/judge"):
+        for load in (load_judge, AdaJudgeForRewardModeling.from_pretrained):  # the Auto classes fail before us
+            with pytest.raises(FileNotFoundError, match="does not exist: there is no such local folder"):
+                load(missing)
+    args = ["--model", str(tmp_path / "nope"), "--benchmark", "pairs", "--output-dir", str(tmp_path / "o")]
+    args += ["--data", str(write_pairs(tmp_path / "pairs.jsonl"))]
+    assert evaluate_main(args) == 2
+    assert "does not exist: there is no such local folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A process without the package
+# ---------------------------------------------------------------------------------------------------------------------
+
+WITHOUT_PACKAGE = """
+import sys
+
+class NoAdaJudge:  # this process cannot import the package, as on a machine that never installed it
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "adajudge_hf":
+            raise ImportError("adajudge_hf is not installed here")
+
+sys.meta_path.insert(0, NoAdaJudge())
+from transformers import AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+print("vocabulary", len(tokenizer))
+"""
+
+
+@pytest.mark.parametrize("form", ["adapter", "heads"])
+def test_tokenizer_loads_without_the_package_and_without_a_prompt(judges, tmp_path, form):
+    folder = judges[form][0]
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PACKAGE, str(folder)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "trust_remote_code" not in done.stdout + done.stderr and "custom code" not in done.stdout + done.stderr
+    assert done.stdout.split()[-1] == str(len(AutoTokenizer.from_pretrained(folder)))
