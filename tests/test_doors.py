@@ -108,6 +108,21 @@ def test_pipeline_returns_the_raw_reward_of_every_form(judges):
         torch.testing.assert_close(torch.tensor(scores), expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("door", ["AutoModelForSequenceClassification", "load_judge"])
+def test_every_form_loads_in_bf16_with_fp32_heads(judges, door):
+    """`dtype=torch.bfloat16`: the backbone in bf16, the heads kept in fp32 whatever the form, so the full and heads
+    forms of the same weights give the same bf16 rewards, and every form stays within bf16 rounding of fp32."""
+    loaded = {}
+    for form, (folder, expected, _) in judges.items():
+        load = load_judge if door == "load_judge" else AutoModelForSequenceClassification.from_pretrained
+        model = load(str(folder), dtype=torch.bfloat16)
+        assert model.model.dtype == torch.bfloat16
+        assert {parameter.dtype for parameter in model.judge_head.parameters()} == {torch.float32}
+        loaded[form] = rewards(model, AutoTokenizer.from_pretrained(folder))
+        torch.testing.assert_close(loaded[form], expected, rtol=0, atol=0.02)  # bf16 backbone (4e-3 seen)
+    torch.testing.assert_close(loaded["heads"], loaded["full"], rtol=0, atol=ATOL)
+
+
 def test_adapter_form_follows_transformers_peft_convention(judges):
     """Opened by path, the adapter is loaded by transformers' PEFT integration (unmerged, frozen for scoring);
     `load_judge` merges it into a plain, trainable judge."""
