@@ -486,7 +486,8 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
             model, info = super().from_pretrained(base, *model_args, config=config, output_loading_info=True, **kwargs)
         model.judge_head.to(torch.float32)  # fresh heads are created in the load dtype; the file's values replace them
         model.config.base_model_name_or_path = str(base)
-        model.config._name_or_path = model.name_or_path = source  # tools (TRL's GRPO) load the judge's tokenizer here
+        if _resolve_file(source, "tokenizer_config.json", hub_kwargs):  # tools (TRL) load the tokenizer from here
+            model.config._name_or_path = model.name_or_path = source  # else from the backbone, as it stays
         _refuse_non_finite(model.model.named_parameters(), f"the backbone {base}")
 
         _check_safetensors(heads_file)
