@@ -8,7 +8,12 @@ transformers so that it can travel with a checkpoint as remote code.
 import math
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+
+try:  # transformers >= 5.20 builds sub-configs from `sub_configs_defaults`
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # older releases (e.g. the range vLLM 0.32 accepts): `__post_init__` builds `text_config` itself
+    SubConfigSpec = None
 
 
 POOLING_EXPERTS = ("last", "mean", "attention")
@@ -98,7 +103,10 @@ class AdaJudgeConfig(PreTrainedConfig):
     """
 
     model_type = "adajudge"
-    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen3")}
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen3")}
+    else:
+        sub_configs = {"text_config": AutoConfig}
 
     text_config: dict | PreTrainedConfig | None = None
     num_refinement_blocks: int = 3
@@ -124,6 +132,9 @@ class AdaJudgeConfig(PreTrainedConfig):
         # A reward model emits one scalar; TRL refuses anything else.
         if self.id2label is None and "num_labels" not in kwargs:
             kwargs["num_labels"] = 1
+        if SubConfigSpec is None and not isinstance(self.text_config, PreTrainedConfig):
+            text_config = dict(self.text_config or {})
+            self.text_config = AutoConfig.for_model(text_config.pop("model_type", "qwen3"), **text_config)
         super().__post_init__(**kwargs)
         # Lets a process without `adajudge_hf` load a saved judge with `trust_remote_code=True`; with the package
         # installed the locally registered classes win and no remote code runs. (`auto_map` is not a declared field.)
