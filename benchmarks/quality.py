@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variants", help="comma-separated subset of the variants to train (default: all)")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--resume", action="store_true", help="keep the runs already in quality-runs.jsonl")
+    parser.add_argument(
+        "--no-train", action="store_true", help="with --resume: summarise the recorded runs, train nothing new"
+    )
     parser.add_argument("--output-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
@@ -324,6 +327,8 @@ def main(argv: list[str] | None = None) -> dict:
                 (r for r in runs if r["seed"] == seed and r["variant"] == REFERENCE and not r["floor_ever_active"]),
                 None,
             )
+            if args.no_train and not reused:
+                continue
             if reused:
                 # The floor's hinge was zero at every step of `adajudge`, so its gradient was zero too: the run
                 # without it is the same computation, bit for bit. Record it instead of spending CPU on it again.
