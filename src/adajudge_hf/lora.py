@@ -95,6 +95,9 @@ def merge_loaded_adapters(model: nn.Module) -> nn.Module:
     if hasattr(model, "peft_config"):
         del model.peft_config
     model._hf_peft_config_loaded = False
+    # `load_adapter` recorded PEFT's key renamings (`base_model.model.` prefixes) for `save_pretrained` to revert;
+    # the merged model has plain keys, so drop them or a full save would write keys no loader finds.
+    model.__dict__.pop("_weight_conversions", None)
     model.requires_grad_(True)
     return model
 
