@@ -100,6 +100,17 @@ def test_every_form_opens_through_every_door_with_identical_rewards(judges, form
     torch.testing.assert_close(rewards(model, AutoTokenizer.from_pretrained(folder)), expected, rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("form", FORMS)
+def test_a_loaded_judge_saved_as_full_reopens_through_the_auto_classes(judges, form, tmp_path):
+    """load -> save_judge(form="full") -> AutoModelForSequenceClassification: the merged checkpoint keeps plain keys."""
+    folder, expected, _ = judges[form]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    merged = save_judge(load_judge(folder), tmp_path / "merged", form="full", tokenizer=tokenizer)
+    model, info = AutoModelForSequenceClassification.from_pretrained(merged, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    torch.testing.assert_close(rewards(model.eval(), tokenizer), expected, rtol=0, atol=ATOL)
+
+
 def test_pipeline_returns_the_raw_reward_of_every_form(judges):
     for folder, expected, _ in judges.values():
         tokenizer = AutoTokenizer.from_pretrained(folder)
