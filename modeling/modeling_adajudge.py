@@ -455,10 +455,21 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
         if is_split:
             return cls._from_split_checkpoint(source, heads_file, base_override, hub_kwargs, *model_args, **kwargs)
         kwargs.setdefault("use_safetensors", True)
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        # transformers only warns about missing weights and fills them at random: a judge would score garbage.
+        if info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            raise ValueError(
+                f"{source} is missing {len(missing)} weight(s) of the judge, e.g. {missing[:5]}; a judge with random "
+                "weights in their place would give meaningless rewards. The checkpoint is incomplete or belongs to "
+                "another architecture: save it again with `save_judge` (or `adajudge train`), or to build a new "
+                "judge around a backbone use `AdaJudgeForRewardModeling.from_backbone`."
+            )
         _refuse_non_finite(model.state_dict().items(), f"{source} (model.safetensors)")
-        return loaded
+        return (model, info) if output_loading_info else model
 
     @classmethod
     def _from_split_checkpoint(cls, source, heads_file, base_override, hub_kwargs, *model_args, **kwargs):
@@ -484,6 +495,12 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
         check_local_checkpoint(str(base), "")
         with cls.backbone_only_loading():
             model, info = super().from_pretrained(base, *model_args, config=config, output_loading_info=True, **kwargs)
+        if info["missing_keys"]:  # the heads are ignored here (they come next); the backbone must be whole
+            missing = sorted(info["missing_keys"])
+            raise ValueError(
+                f"The backbone {base} is missing {len(missing)} weight(s) this judge needs, e.g. {missing[:5]}. "
+                f"Point `base_model_name_or_path=` at the backbone {source} was trained on."
+            )
         model.judge_head.to(torch.float32)  # fresh heads are created in the load dtype; the file's values replace them
         model.config.base_model_name_or_path = str(base)
         if _resolve_file(source, "tokenizer_config.json", hub_kwargs):  # tools (TRL) load the tokenizer from here

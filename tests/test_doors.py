@@ -3,6 +3,7 @@ TRL's string arguments, `load_judge` and `adajudge evaluate`, by folder and by H
 had when saved; broken files end in one clear error that names the file."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from test_hub import BACKBONE_REPO, go_offline, hub  # noqa: F401  (`hub` is a f
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 from trl import GRPOConfig, GRPOTrainer, RewardConfig, RewardTrainer
 
-from adajudge_hf import AdaJudgeForRewardModeling
+from adajudge_hf import AdaJudgeConfig, AdaJudgeForRewardModeling
 from adajudge_hf.checkpoint import load_judge, save_judge
 from adajudge_hf.evaluation import evaluate_model
 from adajudge_hf.evaluation.cli import main as evaluate_main
@@ -234,8 +235,6 @@ def test_every_form_opens_by_repo_id_offline(hub: HubStandIn, tmp_path, monkeypa
 
 
 def copy_of(judges, form: str, tmp_path: Path) -> Path:
-    import shutil
-
     return Path(shutil.copytree(judges[form][0], tmp_path / form))
 
 
@@ -257,6 +256,28 @@ def test_nan_weights_are_refused_in_every_form_naming_tensor_and_file(judges, tm
     for load in (load_judge, AutoModelForSequenceClassification.from_pretrained):
         with pytest.raises(ValueError, match=rf"{filename}.* has NaN or Inf values in 1 tensor\(s\): .*{tensor}"):
             load(folder)
+
+
+@pytest.mark.parametrize("tensor", ["judge_head.pooling_router.2.weight", "model.layers.0.mlp.up_proj.weight"])
+def test_a_full_checkpoint_missing_weights_is_refused_not_filled_at_random(judges, tmp_path, tensor):
+    folder = copy_of(judges, "full", tmp_path)
+    weights = load_file(folder / "model.safetensors")
+    del weights[tensor]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    for load in (load_judge, AutoModelForSequenceClassification.from_pretrained, AutoModel.from_pretrained):
+        with pytest.raises(ValueError, match=rf"is missing 1 weight\(s\) of the judge, e.g. \['{tensor}'\]"):
+            load(folder)
+
+
+def test_a_backbone_missing_weights_is_refused_for_the_heads_form(judges, tmp_path):
+    folder = copy_of(judges, "heads", tmp_path)
+    backbone = Path(shutil.copytree(AdaJudgeConfig.from_pretrained(folder).base_model_name_or_path, tmp_path / "bb"))
+    weights = load_file(backbone / "model.safetensors")
+    del weights[next(key for key in weights if "layers.1.self_attn.q_proj" in key)]
+    save_file(weights, backbone / "model.safetensors", metadata={"format": "pt"})
+    for load in (load_judge, AutoModelForSequenceClassification.from_pretrained):
+        with pytest.raises(ValueError, match=r"backbone .*bb is missing 1 weight\(s\).*layers.1.self_attn.q_proj"):
+            load(folder, base_model_name_or_path=str(backbone))
 
 
 @pytest.mark.parametrize("form, filename", [("full", "model.safetensors"), ("heads", "judge_head.safetensors"),
@@ -303,17 +324,29 @@ class NoAdaJudge:  # this process cannot import the package, as on a machine tha
 sys.meta_path.insert(0, NoAdaJudge())
 from transformers import AutoTokenizer
 
-tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+kwargs = {"trust_remote_code": eval(sys.argv[2])} if len(sys.argv) > 2 else {}
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], **kwargs)
 print("vocabulary", len(tokenizer))
 """
 
 
-@pytest.mark.parametrize("form", ["adapter", "heads"])
-def test_tokenizer_loads_without_the_package_and_without_a_prompt(judges, tmp_path, form):
+@pytest.mark.parametrize(
+    "form, trust_remote_code",
+    [
+        ("adapter", None),  # no remote code in these folders: nothing to ask
+        ("heads", None),
+        # The full form carries the model's code (it loads without the package), so transformers asks before running
+        # it, as for any remote-code repo; saying either answer up front loads the tokenizer without the question.
+        ("full", False),
+        ("full", True),
+    ],
+)
+def test_tokenizer_loads_without_the_package_and_without_a_prompt(judges, tmp_path, form, trust_remote_code):
     folder = judges[form][0]
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
+    answer = [] if trust_remote_code is None else [str(trust_remote_code)]
     done = subprocess.run(
-        [sys.executable, "-c", WITHOUT_PACKAGE, str(folder)],
+        [sys.executable, "-c", WITHOUT_PACKAGE, str(folder), *answer],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,

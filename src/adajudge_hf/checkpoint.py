@@ -259,12 +259,8 @@ def load_judge(path: str | os.PathLike, **from_pretrained_kwargs) -> AdaJudgeFor
         }
         path = snapshot_download(str(path), revision=revision, **hub_kwargs)
     path = Path(path)
-    form = detect_judge_form(path)
-    judge, info = AdaJudgeForRewardModeling.from_pretrained(path, output_loading_info=True, **from_pretrained_kwargs)
-    if form == "full" and info["missing_keys"]:
-        raise ValueError(
-            f"{path} lacks weights for {sorted(info['missing_keys'])[:5]}; refusing to use random initial values."
-        )
+    detect_judge_form(path)  # not a judge, or no heads file: say so before loading anything
+    judge = AdaJudgeForRewardModeling.from_pretrained(path, **from_pretrained_kwargs)  # refuses missing weights
     return merge_loaded_adapters(judge).eval()
 
 
