@@ -15,6 +15,7 @@ COMMANDS = {
     "evaluate": ("adajudge_hf.evaluation.cli", "score RM-Bench, JudgeBench or preference pairs with official metrics"),
     "push": ("adajudge_hf.hub.cli", "push a checkpoint folder with its model card to the Hugging Face Hub"),
     "demo": ("adajudge_hf.demo", "train, compare and package a real judge on the embedded default"),
+    "serve": ("adajudge_hf.serve.cli", "serve a judge over HTTP to RL trainers (OpenRLHF, slime, verl, TRL)"),
 }
 USER_ERRORS = (ValueError, OSError)
 

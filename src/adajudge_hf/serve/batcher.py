@@ -1,0 +1,305 @@
+"""Dynamic batching: items of concurrent requests are queued and scored together, prompt groups packed.
+
+RL trainers send one item per request from many coroutines at once (OpenRLHF since v0.9.3), so the server must batch.
+`DynamicBatcher` keeps a FIFO queue of items. A step starts when the queue holds `max_batch_tokens` tokens or its
+oldest item has waited `max_wait_ms` (while a step runs, the queue fills, so the next one starts at once, bigger).
+A step takes items in arrival order up to the token budget, where an item whose prompt is already in the step costs
+only its response tokens, because items sharing a prompt (a GRPO group's G completions) become one packed row
+[prompt; r1; ...; rN] (`adajudge_hf.packing`; the model's `segment_ids`), which computes the prompt once. Rows go
+through the model in length-bucketed forward passes (`length_buckets`) of at most `max_batch_tokens` padded tokens.
+Rows in one pass may hold different numbers of responses: shorter rows get one-token filler responses, whose
+rewards are dropped (a response sees only the prompt and itself, so fillers change nothing else).
+
+Items whose boundary is unknown (left to `config.response_template`) and judges that cannot take packed inputs go
+through plain padded rows. The forward passes run on one worker thread, one at a time; an exception fails the
+items of that pass only. Items whose request went away (client disconnect) are dropped before their pass.
+"""
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from ..evaluation.scoring import length_buckets
+from ..packing import pack_responses, pad_packed
+from .metrics import ServeMetrics
+from .templates import ServeItem
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ItemScore:
+    """Reward of one item with AdaJudge's pooling-router weights pi and depth-router weights alpha."""
+
+    reward: float
+    routing_weights: list[float]
+    depth_weights: list[float] | None
+
+
+class QueueFull(RuntimeError):
+    """The queue cannot take the request's items; retry after `retry_after` seconds (HTTP 503)."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BatchFailed(RuntimeError):
+    """The forward pass holding this item raised (HTTP 500); other passes are unaffected."""
+
+
+@dataclass
+class _Job:
+    item: ServeItem
+    future: asyncio.Future
+    arrival: float
+
+    @property
+    def prompt_key(self) -> tuple[int, ...] | None:
+        length = self.item.prompt_length
+        return tuple(self.item.input_ids[:length]) if length else None
+
+
+@dataclass
+class _Pass:
+    """One forward pass: packed rows (prompt ids, jobs) or plain rows (jobs), with or without known boundaries."""
+
+    kind: str  # "packed", "plain" (prompt_lengths known) or "located" (the judge finds the response)
+    rows: list = field(default_factory=list)
+
+    @property
+    def jobs(self) -> list[_Job]:
+        """The pass's jobs in the order of its scores."""
+        return [job for _, members in self.rows for job in members] if self.kind == "packed" else list(self.rows)
+
+    def drop_abandoned(self) -> None:
+        """Remove the jobs whose request went away (client disconnect, failed sibling)."""
+        if self.kind == "packed":
+            rows = [(key, [job for job in members if not job.future.done()]) for key, members in self.rows]
+            self.rows = [(key, members) for key, members in rows if members]
+        else:
+            self.rows = [job for job in self.rows if not job.future.done()]
+
+
+class DynamicBatcher:
+    """Coalesce the items of concurrent requests into batched, packed forward passes of `model`."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pad_token_id: int,
+        max_batch_tokens: int = 8192,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 4096,
+        pack: bool = True,
+        metrics: ServeMetrics | None = None,
+    ):
+        if max_batch_tokens < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise ValueError(
+                f"Need max_batch_tokens >= 1, max_queue >= 1 and max_wait_ms >= 0; got {max_batch_tokens}, "
+                f"{max_queue} and {max_wait_ms}."
+            )
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait = max_wait_ms / 1000
+        self.max_queue = max_queue
+        self.pack = pack and bool(getattr(model, "supports_packed_inputs", False))
+        self.metrics = metrics
+        self._pending: deque[_Job] = deque()
+        self._pending_tokens = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adajudge-forward")
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._items_per_second = 0.0  # smoothed, for Retry-After
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop after the running pass; queued items fail with a shutdown message."""
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+        while self._pending:
+            job = self._pending.popleft()
+            if not job.future.done():
+                job.future.set_exception(BatchFailed("the server is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    def submit(self, items: list[ServeItem]) -> list[asyncio.Future]:
+        """Queue `items`; their futures resolve to `ItemScore`s. Raises `QueueFull` when they do not fit."""
+        if len(self._pending) + len(items) > self.max_queue:
+            rate = max(self._items_per_second, 1.0)
+            raise QueueFull(
+                f"the queue holds {len(self._pending)} items (max {self.max_queue}); retry later",
+                retry_after=max(1, round((len(self._pending) + len(items)) / rate)),
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        futures = []
+        for item in items:
+            job = _Job(item, loop.create_future(), now)
+            self._pending.append(job)
+            self._pending_tokens += len(item.input_ids)
+            futures.append(job.future)
+        self._set_queue_metric()
+        self._wakeup.set()
+        return futures
+
+    def _set_queue_metric(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._pending))
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._pending:
+                continue
+            deadline = self._pending[0].arrival + self.max_wait
+            while self._pending_tokens < self.max_batch_tokens and (delay := deadline - time.monotonic()) > 0:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation `stop` sends
+                # when a wake-up lands at the same moment, and the server then never shuts down.
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wakeup.wait()
+                self._wakeup.clear()
+            jobs = self._take()
+            if jobs:
+                await self._run_step(jobs)
+            if self._pending:
+                self._wakeup.set()
+
+    def _take(self) -> list[_Job]:
+        """Jobs in arrival order up to the token budget; a job whose prompt is already taken costs its response."""
+        jobs, prompts, tokens = [], set(), 0
+        while self._pending:
+            job = self._pending[0]
+            if job.future.done():  # its request went away
+                self._pending.popleft()
+                self._pending_tokens -= len(job.item.input_ids)
+                continue
+            key = job.prompt_key if self.pack else None
+            cost = len(job.item.input_ids) - (len(key) if key is not None and key in prompts else 0)
+            if jobs and tokens + cost > self.max_batch_tokens:
+                break
+            self._pending.popleft()
+            self._pending_tokens -= len(job.item.input_ids)
+            jobs.append(job)
+            prompts.add(key)
+            tokens += cost
+        self._set_queue_metric()
+        return jobs
+
+    def _plan(self, jobs: list[_Job]) -> list[_Pass]:
+        """Forward passes for `jobs`: packed rows per shared prompt, plain rows for the rest, length-bucketed."""
+        groups: dict[tuple[int, ...], list[_Job]] = {}
+        plain, located = [], []
+        for job in jobs:
+            key = job.prompt_key
+            if job.item.prompt_length is None:
+                located.append(job)
+            elif self.pack and key:
+                groups.setdefault(key, []).append(job)
+            else:
+                plain.append(job)
+        rows = []  # (prompt ids, jobs) with at most max_batch_tokens tokens per row
+        for key, members in groups.items():
+            row, size = [], len(key)
+            for job in members:
+                response = len(job.item.input_ids) - len(key)
+                if row and size + response > self.max_batch_tokens:
+                    rows.append((list(key), row))
+                    row, size = [], len(key)
+                row.append(job)
+                size += response
+            rows.append((list(key), row))
+        passes = []
+        row_lengths = [len(key) + sum(len(j.item.input_ids) - len(key) for j in members) for key, members in rows]
+        for bucket in length_buckets(row_lengths, self.max_batch_tokens):
+            passes.append(_Pass("packed", [rows[i] for i in bucket]))
+        for kind, members in (("plain", plain), ("located", located)):
+            for bucket in length_buckets([len(j.item.input_ids) for j in members], self.max_batch_tokens):
+                passes.append(_Pass(kind, [members[i] for i in bucket]))
+        return passes
+
+    def score_now(self, items: list[ServeItem]) -> list[ItemScore]:
+        """Score `items` right here, in the same passes a server step would make (the in-process reward path)."""
+        jobs = [_Job(item, None, 0.0) for item in items]
+        scores = {}
+        for forward_pass in self._plan(jobs):
+            scores.update(zip(map(id, forward_pass.jobs), self._forward(forward_pass)))
+        return [scores[id(job)] for job in jobs]
+
+    async def _run_step(self, jobs: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        for forward_pass in self._plan(jobs):
+            forward_pass.drop_abandoned()
+            pass_jobs = forward_pass.jobs
+            if not pass_jobs:
+                continue
+            start = time.perf_counter()
+            try:
+                scores = await loop.run_in_executor(self._executor, self._forward, forward_pass)
+            except Exception as error:  # fail this pass only; the server keeps serving
+                logger.exception("A forward pass of %d items failed", len(pass_jobs))
+                for job in pass_jobs:
+                    if not job.future.done():
+                        job.future.set_exception(BatchFailed(f"scoring failed: {type(error).__name__}: {error}"))
+                continue
+            seconds = time.perf_counter() - start
+            self._items_per_second = 0.8 * self._items_per_second + 0.2 * len(pass_jobs) / max(seconds, 1e-6)
+            for job, score in zip(pass_jobs, scores):
+                if not job.future.done():
+                    job.future.set_result(score)
+            if self.metrics is not None:
+                self.metrics.observe_pass(len(pass_jobs), len(forward_pass.rows), seconds)
+
+    @torch.inference_mode()
+    def _forward(self, forward_pass: _Pass) -> list[ItemScore]:
+        """Run one pass on the worker thread; scores in the order of the pass's jobs."""
+        device = self.model.device
+        if forward_pass.kind == "packed":
+            num_responses = max(len(members) for _, members in forward_pass.rows)
+            packed = []
+            for prompt_ids, members in forward_pass.rows:
+                responses = [job.item.input_ids[len(prompt_ids) :] for job in members]
+                fillers = [[self.pad_token_id]] * (num_responses - len(members))  # scored, then dropped
+                packed.append(pack_responses(prompt_ids, responses + fillers))
+            inputs = pad_packed(packed, self.pad_token_id)
+            outputs = self.model(**{key: value.to(device) for key, value in inputs.items()})
+            batch_size = len(forward_pass.rows)
+            # Outputs are responses-first (N * B, ...): row b's response s sits at s * B + b.
+            order = [
+                s * batch_size + b for b, (_, members) in enumerate(forward_pass.rows) for s in range(len(members))
+            ]
+        else:
+            rows = [torch.tensor(job.item.input_ids) for job in forward_pass.rows]
+            inputs = {
+                "input_ids": pad_sequence(rows, batch_first=True, padding_value=self.pad_token_id),  # (B, L)
+                "attention_mask": pad_sequence([torch.ones_like(row) for row in rows], batch_first=True),  # (B, L)
+            }
+            if forward_pass.kind == "plain":
+                inputs["prompt_lengths"] = torch.tensor([job.item.prompt_length for job in forward_pass.rows])
+            outputs = self.model(**{key: value.to(device) for key, value in inputs.items()})
+            order = list(range(len(forward_pass.rows)))
+        rewards = outputs.logits[:, 0].float().cpu()[order].tolist()
+        pis = outputs.routing_weights.float().cpu()[order].tolist()
+        depth = outputs.depth_weights
+        alphas = depth.float().cpu()[order].tolist() if depth is not None else [None] * len(order)
+        return [ItemScore(r, pi, alpha) for r, pi, alpha in zip(rewards, pis, alphas)]

@@ -1,0 +1,172 @@
+"""`AdaJudgeReward`: a judge as a reward function of TRL's `GRPOTrainer` / `RLOOTrainer`, packed or remote.
+
+TRL calls a reward function with the B * G prompts and completions of a step, each prompt repeated for its G
+completions. Passing the judge model itself (`reward_funcs=judge`) scores B * G full rows, each repeating its prompt.
+`AdaJudgeReward(judge)` encodes each (prompt, completion) as in-process scoring does and scores the G completions of a
+prompt as one packed row (the prompt is computed once), with the server's batching code. `AdaJudgeReward(url)` posts
+each prompt group to `adajudge serve` servers instead (`/score`), asynchronously, so TRL runs it concurrently with
+its other reward functions; several URLs (a list or comma-separated, one server per GPU) share the groups.
+
+    from adajudge_hf.serve import AdaJudgeReward
+    trainer = GRPOTrainer(model=policy, reward_funcs=AdaJudgeReward("org/adajudge-judge"), ...)
+    trainer = GRPOTrainer(model=policy, reward_funcs=AdaJudgeReward("http://rm-0:5000,http://rm-1:5001"), ...)
+
+Rewards equal those of the judge passed to TRL directly for conversational data (same tokens, the boundary from the
+chat template). Plain-text pairs are encoded as `score_responses` encodes them (EOS appended). An empty completion
+gets `None` (TRL turns it into NaN and leaves it out).
+"""
+
+import asyncio
+import os
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import aiohttp
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..checkpoint import load_judge
+from ..evaluation.scoring import DEFAULT_BATCH_TOKENS
+from ..tokenization import Messages
+from .batcher import DynamicBatcher
+from .templates import ItemEncoder
+
+
+def _is_url(value) -> bool:
+    return isinstance(value, str) and value.strip().startswith(("http://", "https://"))
+
+
+def _is_empty(completion: str | Messages) -> bool:
+    if isinstance(completion, str):
+        return not completion.strip()
+    return not any(str(message.get("content", "")).strip() for message in completion)
+
+
+def prompt_groups(prompts: Sequence) -> list[list[int]]:
+    """Runs of consecutive indices with the same prompt: TRL's G completions of each prompt."""
+    groups: list[list[int]] = []
+    for index, prompt in enumerate(prompts):
+        if groups and prompts[groups[-1][0]] == prompt:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+class AdaJudgeReward:
+    """Reward function for TRL: `AdaJudgeReward(judge, tokenizer)` in-process, `AdaJudgeReward(url)` remote.
+
+    Args:
+        judge_or_url: a loaded judge, a judge folder / Hub id (loaded with `load_judge`), or server URL(s).
+        tokenizer: the judge's tokenizer (read from the folder when `judge_or_url` is a path).
+        batch_tokens: padded tokens per forward pass (in-process).
+        max_length: tokens per item; longer items lose the start of their prompt, as in `score_responses`.
+    """
+
+    def __new__(cls, judge_or_url=None, *args, **kwargs):
+        if cls is AdaJudgeReward and _is_url(judge_or_url):
+            return super().__new__(AdaJudgeRemoteReward)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        judge_or_url: PreTrainedModel | str | os.PathLike,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        max_length: int | None = None,
+    ):
+        if isinstance(judge_or_url, (str, os.PathLike)):
+            judge = load_judge(judge_or_url)
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(judge_or_url)
+        else:
+            judge = judge_or_url
+        if tokenizer is None:
+            raise ValueError("AdaJudgeReward(judge) needs the judge's tokenizer: pass `tokenizer=`.")
+        self.__name__ = "adajudge"  # the name TRL logs the rewards under
+        self.judge, self.tokenizer = judge, tokenizer
+        self.encoder = ItemEncoder(tokenizer, max_length)
+        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.batcher = DynamicBatcher(judge, pad_token_id, max_batch_tokens=batch_tokens)
+
+    def __call__(
+        self, prompts: list[str | Messages], completions: list[str | Messages], **kwargs
+    ) -> list[float | None]:
+        scoreable = [i for i, completion in enumerate(completions) if not _is_empty(completion)]
+        items = [self.encoder.from_pair(prompts[i], completions[i]) for i in scoreable]
+        was_training = self.judge.training
+        self.judge.eval()
+        try:
+            scores = self.batcher.score_now(items)
+        finally:
+            self.judge.train(was_training)
+        rewards: list[float | None] = [None] * len(completions)
+        for index, score in zip(scoreable, scores):
+            rewards[index] = score.reward
+        return rewards
+
+
+class AdaJudgeRemoteReward(AdaJudgeReward):
+    """Async reward function posting each prompt group to `adajudge serve` servers (`POST /score`).
+
+    Groups go to the servers in turn (one server per GPU scales out). Connection errors and 503s are retried
+    (`max_retries`, waiting `Retry-After` or 1 s, as OpenRLHF's client does); any other error raises with the server's
+    message.
+    """
+
+    def __init__(
+        self,
+        judge_or_url: str | Sequence[str],
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        timeout: float = 180.0,
+        max_retries: int = 5,
+    ):
+        urls = judge_or_url.split(",") if isinstance(judge_or_url, str) else list(judge_or_url)
+        self.urls = []
+        for url in (u.strip() for u in urls if u.strip()):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{url!r} is not a server URL; use http://host:port (as `adajudge serve` prints).")
+            self.urls.append(f"{parts.scheme}://{parts.netloc}/score")
+        if not self.urls:
+            raise ValueError("AdaJudgeReward got no server URL.")
+        self.__name__ = "adajudge"
+        self.timeout, self.max_retries = timeout, max_retries
+
+    async def __call__(
+        self, prompts: list[str | Messages], completions: list[str | Messages], **kwargs
+    ) -> list[float | None]:
+        rewards: list[float | None] = [None] * len(completions)
+        groups = [
+            [i for i in group if not _is_empty(completions[i])] for group in prompt_groups(prompts)
+        ]  # fmt: skip
+        groups = [group for group in groups if group]
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            answers = await asyncio.gather(
+                *(
+                    self._post(
+                        session, self.urls[n % len(self.urls)], prompts[group[0]], [completions[i] for i in group]
+                    )
+                    for n, group in enumerate(groups)
+                )
+            )
+        for group, answer in zip(groups, answers):
+            for index, reward in zip(group, answer):
+                rewards[index] = reward
+        return rewards
+
+    async def _post(self, session: aiohttp.ClientSession, url: str, prompt, responses) -> list[float]:
+        body = {"prompt": prompt, "responses": responses}
+        for attempt in range(self.max_retries):
+            try:
+                async with session.post(url, json=body) as response:
+                    if response.status == 200:
+                        return (await response.json())["rewards"]
+                    detail = (await response.json(content_type=None) or {}).get("error", response.reason)
+                    if response.status != 503:
+                        raise ValueError(f"{url} answered {response.status}: {detail}")
+                    delay = float(response.headers.get("Retry-After", 1))
+            except aiohttp.ClientConnectionError as error:
+                detail, delay = f"{type(error).__name__}: {error}", 1.0
+            if attempt + 1 < self.max_retries:
+                await asyncio.sleep(delay)
+        raise ConnectionError(f"{url} failed {self.max_retries} times; last: {detail}")
