@@ -65,7 +65,7 @@ def load_for_serving(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[dtype or ("float32" if device.type == "cpu" else "auto")]
     model = load_judge(judge, dtype=dtype).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(judge)
+    tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)  # the judge's folder, else its backbone's
     policy = AutoTokenizer.from_pretrained(policy_tokenizer) if policy_tokenizer else None
     try:
         form = detect_judge_form(judge)
