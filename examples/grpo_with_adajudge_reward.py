@@ -8,6 +8,9 @@ scores with explicit response masks.
     python examples/grpo_with_adajudge_reward.py                          # tiny random policy and judge, offline
     python examples/grpo_with_adajudge_reward.py --policy Qwen/Qwen3-0.6B --judge org/adajudge-qwen3-8b
     python examples/grpo_with_adajudge_reward.py --trainer rloo          # RLOOTrainer, same reward path
+    python examples/grpo_with_adajudge_reward.py --reward packed         # AdaJudgeReward: each prompt's G completions
+                                                                          # scored as one packed row, same rewards
+    python examples/grpo_with_adajudge_reward.py --reward http://127.0.0.1:5000   # a running `adajudge serve`
 
 Plain-text (non-conversational) prompts have no assistant header: the judge then scores the whole text as response
 (with a warning). Use conversational prompts with a judge trained on chat data.
@@ -23,6 +26,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 import adajudge_hf  # noqa: F401  (registers the AdaJudge Auto classes)
 from adajudge_hf import AdaJudgeForRewardModeling
+from adajudge_hf.serve import AdaJudgeReward
 from adajudge_hf.testing import save_tiny_causal_lm
 
 
@@ -44,6 +48,12 @@ def main(argv: list[str] | None = None) -> GRPOTrainer | RLOOTrainer:
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--max-steps", type=int, default=2)
     parser.add_argument("--trainer", choices=TRAINERS, default="grpo")
+    parser.add_argument(
+        "--reward",
+        default="model",
+        help="'model': the judge itself as reward_funcs (TRL pads every row); 'packed': AdaJudgeReward(judge); "
+        "or the URL(s) of `adajudge serve` servers (comma-separated), scored remotely and asynchronously",
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="adajudge-grpo-"))
@@ -71,10 +81,16 @@ def main(argv: list[str] | None = None) -> GRPOTrainer | RLOOTrainer:
         report_to="none",
         save_strategy="no",
     )
+    if args.reward == "model":
+        reward_funcs = judge
+    elif args.reward == "packed":
+        reward_funcs = AdaJudgeReward(judge, judge_tokenizer)
+    else:
+        reward_funcs = AdaJudgeReward(args.reward)
     trainer = trainer_class(
         model=policy,
-        reward_funcs=judge,
-        reward_processing_classes=judge_tokenizer,
+        reward_funcs=reward_funcs,
+        reward_processing_classes=judge_tokenizer if args.reward == "model" else None,
         args=config,
         train_dataset=dataset,
     )

@@ -22,11 +22,13 @@ def load_example():
     return module
 
 
-@pytest.mark.parametrize("trainer_name", ["grpo", "rloo"])
-def test_online_rl_rewards_equal_the_judge_with_explicit_masks(tmp_path, trainer_name):
-    trainer = load_example().main(["--max-steps", "1", "--output-dir", str(tmp_path), "--trainer", trainer_name])
-    judge = trainer.reward_funcs[0]
-    tokenizer = trainer.reward_processing_classes[0]
+@pytest.mark.parametrize("trainer_name, reward", [("grpo", "model"), ("rloo", "model"), ("grpo", "packed")])
+def test_online_rl_rewards_equal_the_judge_with_explicit_masks(tmp_path, trainer_name, reward):
+    args = ["--max-steps", "1", "--output-dir", str(tmp_path), "--trainer", trainer_name, "--reward", reward]
+    trainer = load_example().main(args)
+    reward_func = trainer.reward_funcs[0]
+    judge = getattr(reward_func, "judge", reward_func)  # AdaJudgeReward keeps the judge it packs for
+    tokenizer = getattr(reward_func, "tokenizer", None) or trainer.reward_processing_classes[0]
     prompts, completions = list(trainer._logs["prompt"]), list(trainer._logs["completion"])
     logged = torch.tensor(list(next(iter(trainer._logs["rewards"].values()))))
     assert len(prompts) == len(completions) == len(logged) > 0

@@ -1,0 +1,346 @@
+"""Reward-server load test: `adajudge serve` against a naive per-request server, closed loop, on loopback.
+
+OpenRLHF's trainer (since v0.9.3) posts one sample per request from many rollout coroutines at once, and its
+`serve_rm` scores each request as it arrives, blocking its event loop, with no batching across requests. Both servers
+here run the same judge in their own process; C concurrent clients each post one item per request
+(`{"query": [text], "prompts": [prompt]}`, OpenRLHF's body) and send the next as soon as the answer is back. Items
+come in GRPO groups: G completions of one prompt, consecutive, so a group is in flight together as rollouts finish.
+
+- `adajudge`: the real `adajudge serve JUDGE` process (dynamic batching, prompt groups packed into one row).
+- `naive`: `serve_rm`'s way, in this file (`--serve-naive`): each request is tokenised and scored on arrival, left
+  padded, inside the async handler, so requests are served one at a time.
+
+Each repetition runs every concurrency level on both servers, alternating which goes first, on the same items. Per
+(server, C): items/s, p50/p99 latency, and for `adajudge` the mean items per forward pass (from `/metrics`). The
+rewards of both servers are compared item by item (same judge, so they must agree).
+
+    python benchmarks/serving.py                                     # SmolLM2-135M, C = 1 8 32 64, 3 repetitions
+    python benchmarks/serving.py --backbone tiny --concurrency 1 8 --repeats 1   # seconds-long smoke run
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import torch
+
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- the judge and the workload ----------------------------------------------------------------------------------
+
+
+def build_judge(backbone: str, folder: Path, num_refinement_blocks: int) -> Path:
+    """A judge around `backbone` with random heads (throughput does not depend on their values), saved as full."""
+    from transformers import AutoTokenizer
+
+    from adajudge_hf import AdaJudgeForRewardModeling, save_judge
+    from adajudge_hf.backbones import resolve_backbone
+    from adajudge_hf.testing import save_tiny_causal_lm
+
+    path = save_tiny_causal_lm(folder / "backbone") if backbone == "tiny" else resolve_backbone(backbone)
+    torch.manual_seed(0)
+    judge = AdaJudgeForRewardModeling.from_backbone(path, num_refinement_blocks=num_refinement_blocks)
+    return save_judge(judge.eval(), folder / "judge", form="full", tokenizer=AutoTokenizer.from_pretrained(path))
+
+
+def grpo_groups(tokenizer, num_prompts: int, group_size: int, max_prompt: int, max_response: int, seed: int):
+    """`num_prompts` conversations of the embedded HH-RLHF test split (at most `max_prompt` tokens rendered), each
+    with `group_size` completions drawn from the split's answers (cut to `max_response` tokens): [(messages, [str])]."""
+    from adajudge_hf.embedded_data import load_embedded_preferences
+
+    rows = load_embedded_preferences("test")
+    rng = random.Random(seed)
+    answers = [row[key][-1]["content"] for row in rows for key in ("chosen", "rejected")]
+    answers = [tokenizer.decode(tokenizer(a, add_special_tokens=False)["input_ids"][:max_response]) for a in answers]
+    answers = [a for a in answers if a.strip()]
+    groups = []
+    for row in rows:
+        rendered = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        if len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) <= max_prompt:
+            groups.append((row["prompt"], rng.sample(answers, group_size)))
+        if len(groups) == num_prompts:
+            return groups
+    raise ValueError(f"only {len(groups)} prompts fit --max-prompt-tokens {max_prompt}")
+
+
+def grpo_items(tokenizer, num_prompts: int, group_size: int, max_prompt: int, max_response: int, seed: int):
+    """The groups rendered as a policy with the judge's chat template sends them: [(query text, prompt text)]."""
+    items = []
+    for messages, completions in grpo_groups(tokenizer, num_prompts, group_size, max_prompt, max_response, seed):
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        items += [(prompt + completion + tokenizer.eos_token, prompt) for completion in completions]
+    return items
+
+
+# --- the naive server (OpenRLHF serve_rm's way) ------------------------------------------------------------------
+
+
+def serve_naive(judge_folder: str, port: int) -> None:
+    """Score each request on arrival in the handler (blocking the event loop), as `openrlhf.cli.serve_rm` does."""
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from transformers import AutoTokenizer
+
+    from adajudge_hf import load_judge
+
+    judge = load_judge(judge_folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(judge_folder)
+    app = FastAPI()
+
+    @app.post("/get_reward")
+    async def get_reward(request: Request):
+        queries = (await request.json())["query"]
+        inputs = tokenizer(queries, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        with torch.inference_mode():
+            rewards = judge(**inputs).logits[:, 0].tolist()
+        return {"rewards": rewards, "scores": [1 / (1 + pow(2.718281828459045, -r)) for r in rewards]}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+# --- the load generator ------------------------------------------------------------------------------------------
+
+
+def start(command: list[str], url: str, log: Path) -> subprocess.Popen:
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{command[:4]} exited: see {log}"
+        try:
+            import urllib.request
+
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return process
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{command[:4]} did not become healthy in 300 s")
+
+
+async def closed_loop(url: str, items: list[tuple[str, str]], concurrency: int) -> dict:
+    """`concurrency` clients, one item per request, each sending its next as soon as an answer is back."""
+    rewards: list[float | None] = [None] * len(items)
+    latencies = []
+    pending = iter(range(len(items)))
+    timeout = aiohttp.ClientTimeout(total=600)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+
+    async def client(session):
+        for index in pending:  # one shared iterator: the clients take items in order
+            query, prompt = items[index]
+            sent = time.perf_counter()
+            async with session.post(f"{url}/get_reward", json={"query": [query], "prompts": [prompt]}) as answer:
+                body = await answer.json()
+                assert answer.status == 200, body
+            latencies.append(time.perf_counter() - sent)
+            rewards[index] = body["rewards"][0]
+
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        began = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        seconds = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "items": len(items),
+        "seconds": seconds,
+        "items_per_s": len(items) / seconds,
+        "p50_s": statistics.median(latencies),
+        "p99_s": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
+        "rewards": rewards,
+    }
+
+
+def batch_counts(url: str) -> tuple[float, float]:
+    """(items scored, forward passes) so far, from the server's Prometheus text."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{url}/metrics").read().decode()
+    value = lambda name: sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))  # noqa: E731
+    return value("adajudge_batch_items_sum"), value("adajudge_batch_items_count")
+
+
+def summarize(runs: list[dict], levels: list[int]) -> list[dict]:
+    rows = []
+    for concurrency in levels:
+        by = {
+            server: [r for r in runs if r["server"] == server and r["concurrency"] == concurrency]
+            for server in ("naive", "adajudge")
+        }
+        ratios = [a["items_per_s"] / n["items_per_s"] for a, n in zip(by["adajudge"], by["naive"])]
+        p99_ratios = [a["p99_s"] / n["p99_s"] for a, n in zip(by["adajudge"], by["naive"])]
+        row = {"concurrency": concurrency, "throughput_ratio": spread(ratios), "p99_ratio": spread(p99_ratios)}
+        for server, server_runs in by.items():
+            row[server] = {key: spread([r[key] for r in server_runs]) for key in ("items_per_s", "p50_s", "p99_s")}
+        row["adajudge"]["items_per_pass"] = spread([r["items_per_pass"] for r in by["adajudge"]])
+        rows.append(row)
+    return rows
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def write_report(result: dict, output_dir: Path) -> None:
+    lines = [
+        "# Reward server under load: `adajudge serve` vs a naive per-request server",
+        "",
+        f"Command: `{result['command']}`. {result['setup']}",
+        "",
+        "Median over repetitions, [min–max] across them; ratio = adajudge / naive, per repetition.",
+        "",
+        "| C | naive items/s | adajudge items/s | throughput ratio | naive p50 / p99 s | adajudge p50 / p99 s "
+        "| p99 ratio | items per pass |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda s, d=2: f"{s['median']:.{d}f} [{s['min']:.{d}f}–{s['max']:.{d}f}]"  # noqa: E731
+    for row in result["summary"]:
+        naive, ours = row["naive"], row["adajudge"]
+        lines.append(
+            f"| {row['concurrency']} | {fmt(naive['items_per_s'])} | {fmt(ours['items_per_s'])} | "
+            f"×{fmt(row['throughput_ratio'])} | {naive['p50_s']['median']:.2f} / {naive['p99_s']['median']:.2f} | "
+            f"{ours['p50_s']['median']:.2f} / {ours['p99_s']['median']:.2f} | ×{fmt(row['p99_ratio'])} | "
+            f"{fmt(ours['items_per_pass'], 1)} |"
+        )
+    lines += [
+        "",
+        f"Largest |reward difference| between the servers on the same item: {result['max_reward_diff']:.2e}.",
+    ]
+    (output_dir / "serving.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    figure, axis = plt.subplots(figsize=(5.5, 3.6))
+    levels = [row["concurrency"] for row in result["summary"]]
+    for server in ("naive", "adajudge"):
+        stats = [row[server]["items_per_s"] for row in result["summary"]]
+        median = [s["median"] for s in stats]
+        errors = [[m - s["min"] for m, s in zip(median, stats)], [s["max"] - m for m, s in zip(median, stats)]]
+        axis.errorbar(levels, median, yerr=errors, marker="o", capsize=3, label=server)
+    axis.set(xscale="log", xlabel="concurrent clients (one item per request)", ylabel="items / s")
+    axis.set_xticks(levels, [str(level) for level in levels])
+    axis.legend()
+    axis.set_title(f"Closed-loop throughput, GRPO groups of {result['group_size']}", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(output_dir / "serving.png", dpi=120)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbone", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="Hub id, folder or 'tiny'")
+    parser.add_argument("--num-refinement-blocks", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--group-size", type=int, default=8, help="completions per prompt (GRPO's G)")
+    parser.add_argument("--items", type=int, default=32, help="items per run at least; 2 * C when more")
+    parser.add_argument("--max-prompt-tokens", type=int, default=160)
+    parser.add_argument("--max-response-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="adajudge serve --max-wait-ms")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--serve-naive", metavar="JUDGE", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_naive:
+        return serve_naive(args.serve_naive, args.port)
+
+    from transformers import AutoTokenizer
+
+    workdir = Path(tempfile.mkdtemp(prefix="adajudge-serving-"))
+    judge = build_judge(args.backbone, workdir, args.num_refinement_blocks)
+    tokenizer = AutoTokenizer.from_pretrained(judge)
+    most = max(max(args.items, 2 * c) for c in args.concurrency)
+    num_prompts = -(-most // args.group_size)
+    items = grpo_items(
+        tokenizer, num_prompts, args.group_size, args.max_prompt_tokens, args.max_response_tokens, seed=0
+    )
+    lengths = [len(tokenizer(q, add_special_tokens=False)["input_ids"]) for q, _ in items]
+    prompt_lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for _, p in items[:: args.group_size]]
+    ports = {"naive": free_port(), "adajudge": free_port()}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    servers = {
+        "naive": [sys.executable, __file__, "--serve-naive", str(judge), "--port", str(ports["naive"])],
+        "adajudge": [sys.executable, "-m", "adajudge_hf.cli", "serve", str(judge), "--port", str(ports["adajudge"]),
+                     "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"],
+    }  # fmt: skip
+    processes = {name: start(command, urls[name], workdir / f"{name}.log") for name, command in servers.items()}
+    runs, max_diff = [], 0.0
+    try:
+        for name in servers:  # warm-up: first requests pay for allocations
+            asyncio.run(closed_loop(urls[name], items[: 2 * args.group_size], 4))
+        for repeat in range(args.repeats):
+            for concurrency in args.concurrency:
+                count = max(args.items, 2 * concurrency)
+                count -= count % args.group_size
+                run_items = items[:count]
+                order = ["naive", "adajudge"] if (repeat + concurrency) % 2 == 0 else ["adajudge", "naive"]
+                rewards = {}
+                for name in order:
+                    before = batch_counts(urls[name]) if name == "adajudge" else None
+                    run = asyncio.run(closed_loop(urls[name], run_items, concurrency))
+                    rewards[name] = run.pop("rewards")
+                    run.update(server=name, concurrency=concurrency, repeat=repeat)
+                    if before is not None:
+                        after = batch_counts(urls[name])
+                        run["items_per_pass"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
+                    runs.append(run)
+                    print(
+                        f"repeat {repeat} C={concurrency:3d} {name:8s} {run['items_per_s']:7.2f} items/s  "
+                        f"p50 {run['p50_s']:.2f}s p99 {run['p99_s']:.2f}s"
+                        + (f"  {run['items_per_pass']:.1f} items/pass" if "items_per_pass" in run else ""),
+                        flush=True,
+                    )
+                max_diff = max(max_diff, max(abs(a - b) for a, b in zip(rewards["naive"], rewards["adajudge"])))
+    finally:
+        for process in processes.values():
+            process.terminate()
+            process.wait(timeout=60)
+    result = {
+        "command": "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "setup": (
+            f"Backbone {args.backbone}, K={args.num_refinement_blocks}, fp32 on CPU ({os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch threads); client and both servers on one machine (loopback). "
+            f"GRPO groups of {args.group_size}; prompts {min(prompt_lengths)}–{max(prompt_lengths)} tokens "
+            f"(median {statistics.median(prompt_lengths):.0f}), items {min(lengths)}–{max(lengths)} tokens "
+            f"(median {statistics.median(lengths):.0f}); {args.repeats} repetitions, servers alternating; "
+            f"items per run max({args.items}, 2·C); adajudge serve --max-wait-ms {args.max_wait_ms}."
+        ),
+        "group_size": args.group_size,
+        "runs": runs,
+        "summary": summarize(runs, args.concurrency),
+        "max_reward_diff": max_diff,
+    }
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "serving.json").write_text(json.dumps(result, indent=1))
+    write_report(result, args.output_dir)
+    print((args.output_dir / "serving.md").read_text())
+    return result
+
+
+if __name__ == "__main__":
+    main()
