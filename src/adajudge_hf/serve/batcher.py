@@ -2,7 +2,8 @@
 
 RL trainers send one item per request from many coroutines at once (OpenRLHF since v0.9.3), so the server must batch.
 `DynamicBatcher` keeps a FIFO queue of items. A step starts when the queue holds `max_batch_tokens` tokens or its
-oldest item has waited `max_wait_ms` (while a step runs, the queue fills, so the next one starts at once, bigger).
+oldest item has waited `max_wait_ms`, counted from the end of the previous step when that is later (so the next
+items of the clients a step answered join the following step).
 A step takes items in arrival order up to the token budget, where an item whose prompt is already in the step costs
 only its response tokens, because items sharing a prompt (a GRPO group's G completions) become one packed row
 [prompt; r1; ...; rN] (`adajudge_hf.packing`; the model's `segment_ids`), which computes the prompt once. Rows go
@@ -166,12 +167,15 @@ class DynamicBatcher:
             self.metrics.queue_depth.set(len(self._pending))
 
     async def _run(self) -> None:
+        last_step_end = 0.0
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             if not self._pending:
                 continue
-            deadline = self._pending[0].arrival + self.max_wait
+            # Wait for company from the oldest item's arrival, or from the end of the last step: the clients it
+            # answered send their next items within milliseconds, and they should join this step, not the next.
+            deadline = max(self._pending[0].arrival, last_step_end) + self.max_wait
             while self._pending_tokens < self.max_batch_tokens and (delay := deadline - time.monotonic()) > 0:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation `stop` sends
                 # when a wake-up lands at the same moment, and the server then never shuts down.
@@ -182,6 +186,7 @@ class DynamicBatcher:
             jobs = self._take()
             if jobs:
                 await self._run_step(jobs)
+                last_step_end = time.monotonic()
             if self._pending:
                 self._wakeup.set()
 
@@ -218,6 +223,8 @@ class DynamicBatcher:
                 groups.setdefault(key, []).append(job)
             else:
                 plain.append(job)
+        for key in [key for key, members in groups.items() if len(members) == 1]:
+            plain += groups.pop(key)  # nothing to share: a plain row takes attention without a block mask
         rows = []  # (prompt ids, jobs) with at most max_batch_tokens tokens per row
         for key, members in groups.items():
             row, size = [], len(key)
