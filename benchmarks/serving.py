@@ -61,9 +61,12 @@ def build_judge(backbone: str, folder: Path, num_refinement_blocks: int) -> Path
     return save_judge(judge.eval(), folder / "judge", form="full", tokenizer=AutoTokenizer.from_pretrained(path))
 
 
-def grpo_groups(tokenizer, num_prompts: int, group_size: int, max_prompt: int, max_response: int, seed: int):
-    """`num_prompts` conversations of the embedded HH-RLHF test split (at most `max_prompt` tokens rendered), each
-    with `group_size` completions drawn from the split's answers (cut to `max_response` tokens): [(messages, [str])]."""
+def grpo_groups(
+    tokenizer, num_prompts: int, group_size: int, max_prompt: int, max_response: int, seed: int, min_prompt: int = 0
+):
+    """`num_prompts` conversations of the embedded HH-RLHF test split (`min_prompt` to `max_prompt` tokens rendered),
+    each with `group_size` completions drawn from the split's answers (cut to `max_response` tokens):
+    [(messages, [str])]."""
     from adajudge_hf.embedded_data import load_embedded_preferences
 
     rows = load_embedded_preferences("test")
@@ -74,17 +77,19 @@ def grpo_groups(tokenizer, num_prompts: int, group_size: int, max_prompt: int, m
     groups = []
     for row in rows:
         rendered = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        if len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) <= max_prompt:
+        if min_prompt <= len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) <= max_prompt:
             groups.append((row["prompt"], rng.sample(answers, group_size)))
         if len(groups) == num_prompts:
             return groups
-    raise ValueError(f"only {len(groups)} prompts fit --max-prompt-tokens {max_prompt}")
+    raise ValueError(f"only {len(groups)} prompts have {min_prompt}-{max_prompt} tokens")
 
 
-def grpo_items(tokenizer, num_prompts: int, group_size: int, max_prompt: int, max_response: int, seed: int):
+def grpo_items(tokenizer, num_prompts: int, group_size: int, max_prompt: int, max_response: int, seed: int,
+               min_prompt: int = 0):  # fmt: skip
     """The groups rendered as a policy with the judge's chat template sends them: [(query text, prompt text)]."""
     items = []
-    for messages, completions in grpo_groups(tokenizer, num_prompts, group_size, max_prompt, max_response, seed):
+    groups = grpo_groups(tokenizer, num_prompts, group_size, max_prompt, max_response, seed, min_prompt)
+    for messages, completions in groups:
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         items += [(prompt + completion + tokenizer.eos_token, prompt) for completion in completions]
     return items
@@ -258,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--group-size", type=int, default=8, help="completions per prompt (GRPO's G)")
     parser.add_argument("--items", type=int, default=32, help="items per run at least; 2 * C when more")
+    parser.add_argument("--min-prompt-tokens", type=int, default=0)
     parser.add_argument("--max-prompt-tokens", type=int, default=160)
     parser.add_argument("--max-response-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -277,8 +283,9 @@ def main(argv: list[str] | None = None) -> dict:
     most = max(max(args.items, 2 * c) for c in args.concurrency)
     num_prompts = -(-most // args.group_size)
     items = grpo_items(
-        tokenizer, num_prompts, args.group_size, args.max_prompt_tokens, args.max_response_tokens, seed=0
-    )
+        tokenizer, num_prompts, args.group_size, args.max_prompt_tokens, args.max_response_tokens, 0,
+        args.min_prompt_tokens,
+    )  # fmt: skip
     lengths = [len(tokenizer(q, add_special_tokens=False)["input_ids"]) for q, _ in items]
     prompt_lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for _, p in items[:: args.group_size]]
     ports = {"naive": free_port(), "adajudge": free_port()}
