@@ -219,8 +219,8 @@ def _by_group(tensor: torch.Tensor, shape: tuple[int, int]) -> list:
     return tensor.float().view(*shape, *tensor.shape[1:]).transpose(0, 1).cpu().tolist()
 
 
-def _prompt_groups(prompts: Sequence) -> list[list[int]]:
-    """Runs of consecutive indices with the same prompt (a benchmark item's responses)."""
+def prompt_groups(prompts: Sequence) -> list[list[int]]:
+    """Runs of consecutive indices with the same prompt (a benchmark item's responses, TRL's G completions)."""
     groups: list[list[int]] = []
     for index, prompt in enumerate(prompts):
         if groups and prompts[groups[-1][0]] == prompt:
@@ -381,7 +381,7 @@ def _score_shared_prompts(
     """`score_responses(share_prompts=True)`: packed rows per prompt group, split across processes by group."""
     state = distributed_state()
     start = time.perf_counter()
-    groups = _prompt_groups(prompts)
+    groups = prompt_groups(prompts)
     mine = range(state.process_index, len(groups), state.num_processes)
     members = {g: groups[g] for g in mine}
     packed = {

@@ -25,7 +25,7 @@ import aiohttp
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..checkpoint import load_judge
-from ..evaluation.scoring import DEFAULT_BATCH_TOKENS
+from ..evaluation.scoring import DEFAULT_BATCH_TOKENS, prompt_groups
 from ..tokenization import Messages
 from .batcher import DynamicBatcher
 from .templates import ItemEncoder
@@ -39,17 +39,6 @@ def _is_empty(completion: str | Messages) -> bool:
     if isinstance(completion, str):
         return not completion.strip()
     return not any(str(message.get("content", "")).strip() for message in completion)
-
-
-def prompt_groups(prompts: Sequence) -> list[list[int]]:
-    """Runs of consecutive indices with the same prompt: TRL's G completions of each prompt."""
-    groups: list[list[int]] = []
-    for index, prompt in enumerate(prompts):
-        if groups and prompts[groups[-1][0]] == prompt:
-            groups[-1].append(index)
-        else:
-            groups.append([index])
-    return groups
 
 
 class AdaJudgeReward:
