@@ -112,10 +112,11 @@ def test_a_loaded_judge_saved_as_full_reopens_through_the_auto_classes(judges, f
     torch.testing.assert_close(rewards(model.eval(), tokenizer), expected, rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("dtype, atol", [("float32", 1e-5), ("bfloat16", 0.02)])  # bf16 backbone: as for the loaders
 @pytest.mark.parametrize("form", FORMS)
-def test_every_form_serves_the_same_rewards(judges, form):
-    """`adajudge serve FOLDER`'s loader and app: /classify (the whole conversation, as verl sends it) and /score
-    (prompt and response messages, as slime sends them) answer the rewards of the saved model."""
+def test_every_form_serves_the_same_rewards(judges, form, dtype, atol):
+    """`adajudge serve FOLDER [--dtype]`'s loader and app: /classify (the whole conversation, as verl sends it) and
+    /score (prompt and response messages, as slime sends them) answer the rewards of the saved model."""
     import asyncio
 
     from test_serve import asgi_client
@@ -123,8 +124,8 @@ def test_every_form_serves_the_same_rewards(judges, form):
     from adajudge_hf.serve import create_app, load_for_serving
 
     folder, expected, _ = judges[form]
-    served = load_for_serving(str(folder), device="cpu")
-    assert served.info["form"] == form
+    served = load_for_serving(str(folder), device="cpu", dtype=dtype)
+    assert served.info["form"] == form and served.model.model.dtype == getattr(torch, dtype)
     texts = [served.tokenizer.apply_chat_template(chat, tokenize=False) for chat in CHATS]
 
     async def ask():
@@ -135,10 +136,9 @@ def test_every_form_serves_the_same_rewards(judges, form):
 
     classify, scores = asyncio.run(ask())
     assert classify.status_code == 200 and all(score.status_code == 200 for score in scores), classify.text
-    torch.testing.assert_close(
-        torch.tensor([d["probs"][0] for d in classify.json()["data"]]), expected, atol=1e-5, rtol=0
-    )
-    torch.testing.assert_close(torch.tensor([s.json()["reward"] for s in scores]), expected, atol=1e-5, rtol=0)
+    classified = torch.tensor([d["probs"][0] for d in classify.json()["data"]])
+    torch.testing.assert_close(classified, expected, atol=atol, rtol=0)
+    torch.testing.assert_close(torch.tensor([s.json()["reward"] for s in scores]), expected, atol=atol, rtol=0)
 
 
 def test_pipeline_returns_the_raw_reward_of_every_form(judges):
