@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import randomize_head
 from datasets import Dataset, IterableDataset
-from peft import LoraConfig, PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 from trl import RewardConfig, RewardTrainer
 
@@ -22,6 +22,7 @@ from adajudge_hf.testing import make_tiny_judge_config, save_tiny_causal_lm
 from adajudge_hf.trainer import AdaJudgeRewardConfig, AdaJudgeRewardTrainer, NonFiniteLossError
 
 
+SHORT_BATCH_SEED = 3
 WORDS = "the quick brown fox jumps over lazy dog reward model scores how response prompt capital France Paris".split()
 
 
@@ -144,6 +145,57 @@ def test_training_logs_trls_metrics_and_the_routing(tiny_tokenizer, tmp_path):
     assert sum(train_logs[0][f"pi/{expert}"] for expert in ("last", "mean", "attention")) == pytest.approx(1.0)
     evaluation = trainer.evaluate()
     assert {f"eval_{key}" for key in expected - {"num_tokens"}} <= evaluation.keys()
+
+
+def test_eval_accuracy_is_over_pairs_even_with_a_short_last_batch(tiny_tokenizer, tmp_path):
+    dataset = synthetic_pairs(5, seed=SHORT_BATCH_SEED)
+    judge = new_judge(tiny_tokenizer, seed=SHORT_BATCH_SEED).eval()
+
+    def trainer_with(eval_batch_size: int) -> AdaJudgeRewardTrainer:
+        args = make_args(tmp_path, per_device_eval_batch_size=eval_batch_size)
+        return AdaJudgeRewardTrainer(
+            judge, args, train_dataset=dataset, eval_dataset=dataset, processing_class=tiny_tokenizer
+        )
+
+    whole = trainer_with(5)
+    with torch.no_grad():
+        batch = whole._prepare_inputs(next(iter(whole.get_eval_dataloader())))
+        chosen, rejected = whole.compute_loss(judge, batch, return_outputs=True)[1].logits.squeeze(-1).chunk(2)
+    correct = (chosen > rejected).float().tolist()
+    batch_means = [sum(correct[i : i + 2]) / len(correct[i : i + 2]) for i in (0, 2, 4)]
+    assert sum(batch_means) / 3 != pytest.approx(sum(correct) / 5)  # batches of 2, 2, 1: the two means differ here
+    assert trainer_with(2).evaluate()["eval_accuracy"] == pytest.approx(sum(correct) / 5)
+
+
+def test_load_best_model_at_end_restores_the_best_adapter_and_heads(tiny_tokenizer, tmp_path):
+    # `num_tokens` (training tokens seen) only grows: selecting its smallest value makes the first checkpoint the
+    # best one, not the last.
+    args = make_args(
+        tmp_path,
+        max_steps=2,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="num_tokens",
+        greater_is_better=False,
+    )
+    trainer = AdaJudgeRewardTrainer(
+        new_judge(tiny_tokenizer),
+        args,
+        train_dataset=synthetic_pairs(12),
+        eval_dataset=synthetic_pairs(4, seed=1),
+        processing_class=tiny_tokenizer,
+        peft_config=LoraConfig(r=4),
+    )
+    trainer.train()
+    assert Path(trainer.state.best_model_checkpoint).name == "checkpoint-1"
+    current = get_peft_model_state_dict(trainer.model)
+    best, last = (load_file(tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors") for step in (1, 2))
+    assert current.keys() == best.keys() and any(key.startswith("base_model.model.judge_head.") for key in best)
+    assert all(torch.equal(current[key], best[key]) for key in best)
+    assert not all(torch.equal(current[key], last[key]) for key in last)
 
 
 def test_tiny_judge_learns_a_synthetic_preference_and_the_entropy_floor_holds(tiny_tokenizer, tmp_path):

@@ -498,6 +498,11 @@ class AdaJudgeRewardTrainer(RewardTrainer):
             self._metrics[mode]["max_reward"].append(all_rewards.max().item())
             for name, value in zip(names[1:], gathered[:, 1:].mean(0).tolist()):
                 self._metrics[mode][name].append(value)
+            if mode == "eval":
+                # `log` averages the entries: one per pair makes `eval_accuracy` the accuracy over pairs. A mean of
+                # batch means over-weights a short last batch, and `load_best_model_at_end` may select on it.
+                correct = (rewards_chosen > rewards_rejected).float()
+                self._metrics[mode]["accuracy"][-1:] = self.accelerator.gather_for_metrics(correct).tolist()
 
         return (loss, outputs) if return_outputs else loss
 
