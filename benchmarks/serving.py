@@ -125,6 +125,56 @@ def serve_naive(judge_folder: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
+# --- the bound: the same work without a server -------------------------------------------------------------------
+
+
+def offline_bound(judge_folder: Path, items: list[tuple[str, str]], group_size: int, step: int, repeats: int) -> dict:
+    """Where the limit lies on this machine: the same items scored in-process, with no HTTP and no waiting.
+
+    `per_item`: one forward per item, the naive server's work. `per_group`: one packed row per GRPO group, each
+    prompt computed once. `per_step`: `step` items at a time in the passes `adajudge serve` plans for a step. The
+    ratios per_item / per_group and per_item / per_step bound what any server can gain here by sharing prompts and
+    batching. Seconds per variant and repetition, variants interleaved."""
+    from transformers import AutoTokenizer
+
+    from adajudge_hf import load_judge
+    from adajudge_hf.serve.batcher import DynamicBatcher
+    from adajudge_hf.serve.templates import ItemEncoder
+
+    judge = load_judge(judge_folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(judge_folder)
+    encoder = ItemEncoder(tokenizer)
+    encoded = [encoder.from_query(query, prompt) for query, prompt in items]
+    batcher = DynamicBatcher(judge, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+    @torch.inference_mode()
+    def per_item():
+        for item in encoded:
+            input_ids = torch.tensor([item.input_ids])  # (1, L)
+            judge(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+
+    def in_steps(size: int):
+        for start in range(0, len(encoded), size):
+            batcher.score_now(encoded[start : start + size])
+
+    variants = {"per_item": per_item, "per_group": lambda: in_steps(group_size), "per_step": lambda: in_steps(step)}
+    seconds = {name: [] for name in variants}
+    in_steps(step)  # warm-up
+    for repeat in range(repeats):
+        for name, run in variants.items():
+            began = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - began)
+        print(
+            f"offline bound, repeat {repeat}: " + ", ".join(f"{n} {s[-1]:.2f}s" for n, s in seconds.items()),
+            flush=True,
+        )
+    ratios = {
+        name: spread([a / b for a, b in zip(seconds["per_item"], seconds[name])]) for name in ("per_group", "per_step")
+    }
+    return {"items": len(items), "step": step, "seconds": {n: spread(s) for n, s in seconds.items()}, "ratio": ratios}
+
+
 # --- the load generator ------------------------------------------------------------------------------------------
 
 
@@ -233,6 +283,18 @@ def write_report(result: dict, output_dir: Path) -> None:
         "",
         f"Largest |reward difference| between the servers on the same item: {result['max_reward_diff']:.2e}.",
     ]
+    bound = result.get("offline_bound")
+    if bound:
+        seconds, ratio = bound["seconds"], bound["ratio"]
+        lines += [
+            "",
+            f"**Offline bound** (where the limit lies): the same {bound['items']} items scored in-process, no HTTP, no "
+            f"waiting, {seconds['per_item']['n']} repetitions interleaved, seconds median [min–max]: one forward per item (the naive server's work) "
+            f"{fmt(seconds['per_item'])}; one packed row per GRPO group {fmt(seconds['per_group'])} "
+            f"(×{fmt(ratio['per_group'])}); {bound['step']} items per step as `adajudge serve` plans them "
+            f"{fmt(seconds['per_step'])} (×{fmt(ratio['per_step'])}). These ratios bound what sharing prompts and "
+            "batching can gain on this machine for this workload; a server adds HTTP, tokenisation and waiting on top.",
+        ]
     (output_dir / "serving.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
@@ -268,6 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-response-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="adajudge serve --max-wait-ms")
+    parser.add_argument("--bound-step", type=int, default=32, help="items per step of the offline bound (0: skip it)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument("--serve-naive", metavar="JUDGE", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -288,6 +351,11 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     lengths = [len(tokenizer(q, add_special_tokens=False)["input_ids"]) for q, _ in items]
     prompt_lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for _, p in items[:: args.group_size]]
+    bound = None
+    if args.bound_step:  # before the servers start, on an idle machine
+        count = max(args.items, 2 * args.bound_step)
+        bound = offline_bound(judge, items[: count - count % args.group_size], args.group_size, args.bound_step,
+                              args.repeats)  # fmt: skip
     ports = {"naive": free_port(), "adajudge": free_port()}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     servers = {
@@ -341,6 +409,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs,
         "summary": summarize(runs, args.concurrency),
         "max_reward_diff": max_diff,
+        "offline_bound": bound,
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "serving.json").write_text(json.dumps(result, indent=1))

@@ -50,6 +50,30 @@ def test_length_buckets_fit_the_token_budget_and_cover_every_example():
     assert padded - sum(lengths) < (input_order_padded - sum(lengths)) / 3
 
 
+@pytest.mark.parametrize("max_padding", [0.0, 0.2, 0.5])
+def test_length_buckets_keep_padding_under_max_padding(max_padding):
+    lengths = [300, 64, 250, 70, 310, 20, 66, 500, 65]
+    batches = length_buckets(lengths, batch_tokens=8192, max_padding=max_padding)
+    assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
+    for batch in batches:
+        padded = len(batch) * max(lengths[index] for index in batch)
+        assert padded - sum(lengths[index] for index in batch) <= max_padding * padded
+    unlimited = length_buckets(lengths, batch_tokens=8192)
+    assert len(unlimited) == 1  # the token budget alone puts every row in one pass, padded to 500
+    assert len(batches) > 1
+
+
+def test_length_buckets_max_padding_zero_batches_only_equal_lengths():
+    batches = length_buckets([8, 5, 8, 5, 3], batch_tokens=100, max_padding=0.0)
+    assert sorted(map(sorted, batches)) == [[0, 2], [1, 3], [4]]
+
+
+@pytest.mark.parametrize("max_padding", [-0.1, 1.0])
+def test_length_buckets_refuse_a_max_padding_outside_0_1(max_padding):
+    with pytest.raises(ValueError, match="max_padding"):
+        length_buckets([4, 2], batch_tokens=10, max_padding=max_padding)
+
+
 def test_bucketed_rewards_equal_one_at_a_time_in_input_order(judge, tiny_tokenizer):
     output = score_responses(judge, tiny_tokenizer, PROMPTS, RESPONSES, batch_tokens=256, show_progress=False)
     assert output.num_padded_tokens > output.num_tokens  # several examples did share padded batches

@@ -101,21 +101,34 @@ def depth_candidate_names(config: AdaJudgeConfig) -> tuple[str, ...]:
     return tuple(f"H({k})" for k in range(first, config.num_refinement_blocks + 1))
 
 
-def length_buckets(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+def length_buckets(lengths: Sequence[int], batch_tokens: int, max_padding: float | None = None) -> list[list[int]]:
     """Group example indices into batches of similar length, longest first.
 
     Each batch holds as many examples as fit `batch_tokens` padded tokens (rows x longest row); an example longer than
     the budget gets a batch of its own. Longest first, so an out-of-memory error shows up at once, not at the end.
+    `max_padding` (a fraction of the batch's padded tokens; None: no limit) starts a new batch rather than pad more:
+    a few rows of very different lengths, as a server step holds, would otherwise spend much of a pass on padding,
+    which on a CPU costs as much as real tokens while the larger batch buys little.
     """
     if batch_tokens < 1:
         raise ValueError(f"`batch_tokens` must be >= 1, got {batch_tokens}.")
+    if max_padding is not None and not 0 <= max_padding < 1:
+        raise ValueError(
+            f"`max_padding` must be in [0, 1) (a fraction of a batch's tokens) or None, got {max_padding}."
+        )
     order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
     batches: list[list[int]] = []
+    real_tokens = 0  # of the last batch
     for index in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
-            batches[-1].append(index)
-        else:
-            batches.append([index])
+        if batches:
+            padded = (len(batches[-1]) + 1) * lengths[batches[-1][0]]
+            padding = padded - real_tokens - lengths[index]
+            if padded <= batch_tokens and (max_padding is None or padding <= max_padding * padded):
+                batches[-1].append(index)
+                real_tokens += lengths[index]
+                continue
+        batches.append([index])
+        real_tokens = lengths[index]
     return batches
 
 

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..evaluation.scoring import depth_candidate_names
-from .batcher import BatchFailed, DynamicBatcher, ItemScore, QueueFull
+from .batcher import DEFAULT_MAX_PADDING, BatchFailed, DynamicBatcher, ItemScore, QueueFull
 from .metrics import ServeMetrics
 from .templates import ItemEncoder, ItemTooLong, ServeItem
 
@@ -52,6 +52,7 @@ class ServeConfig:
     max_length: int | None = None  # None: the backbone's max_position_embeddings
     refuse_overlong: bool = False  # 413 instead of cutting the start of the prompt
     pack: bool = True  # pack items that share a prompt into one row
+    max_padding: float | None = DEFAULT_MAX_PADDING  # most padding per forward pass, a fraction of its tokens
 
 
 @dataclass
@@ -133,7 +134,7 @@ class _Server:
         pad_token_id = judge.tokenizer.pad_token_id if judge.tokenizer.pad_token_id is not None else 0
         self.batcher = DynamicBatcher(
             judge.model, pad_token_id, config.max_batch_tokens, config.max_wait_ms, config.max_queue, config.pack,
-            self.metrics,
+            self.metrics, config.max_padding,
         )  # fmt: skip
         self.ready = False
 
@@ -342,6 +343,7 @@ def create_app(judge: LoadedJudge, config: ServeConfig | None = None) -> FastAPI
             "overlong": "refuse" if config.refuse_overlong else "truncate",
             "max_batch_tokens": config.max_batch_tokens,
             "max_wait_ms": config.max_wait_ms,
+            "max_padding": config.max_padding,
             "max_queue": config.max_queue,
             "packing": server.batcher.pack,
             "policy_template": "re-rendered" if judge.policy_tokenizer is not None else "as the judge's",

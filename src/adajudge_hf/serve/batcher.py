@@ -7,7 +7,8 @@ items of the clients a step answered join the following step).
 A step takes items in arrival order up to the token budget, where an item whose prompt is already in the step costs
 only its response tokens, because items sharing a prompt (a GRPO group's G completions) become one packed row
 [prompt; r1; ...; rN] (`adajudge_hf.packing`; the model's `segment_ids`), which computes the prompt once. Rows go
-through the model in length-bucketed forward passes (`length_buckets`) of at most `max_batch_tokens` padded tokens.
+through the model in length-bucketed forward passes (`length_buckets`) of at most `max_batch_tokens` padded tokens,
+of which at most `max_padding` is padding (rows too different in length go in separate passes).
 Rows in one pass may hold different numbers of responses: shorter rows get one-token filler responses, whose
 rewards are dropped (a response sees only the prompt and itself, so fillers change nothing else).
 
@@ -38,6 +39,9 @@ from .templates import ServeItem
 logger = logging.getLogger(__name__)
 
 TRIM_EVERY_S = 10.0
+# Padding allowed per forward pass, as a fraction of its tokens. Rows of one step can differ a lot in length; on a CPU
+# a padded token costs as much as a real one and a bigger batch buys little (benchmarks/serving.py, "offline bound").
+DEFAULT_MAX_PADDING = 0.2
 
 
 def release_freed_memory() -> None:
@@ -117,17 +121,21 @@ class DynamicBatcher:
         max_queue: int = 4096,
         pack: bool = True,
         metrics: ServeMetrics | None = None,
+        max_padding: float | None = DEFAULT_MAX_PADDING,
     ):
         if max_batch_tokens < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(
                 f"Need max_batch_tokens >= 1, max_queue >= 1 and max_wait_ms >= 0; got {max_batch_tokens}, "
                 f"{max_queue} and {max_wait_ms}."
             )
+        if max_padding is not None and not 0 <= max_padding < 1:
+            raise ValueError(f"`max_padding` must be in [0, 1) (a fraction of a pass's tokens), got {max_padding}.")
         self.model = model
         self.pad_token_id = pad_token_id
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
+        self.max_padding = max_padding
         self.pack = pack and bool(getattr(model, "supports_packed_inputs", False))
         self.metrics = metrics
         self._pending: deque[_Job] = deque()
@@ -256,10 +264,11 @@ class DynamicBatcher:
             rows.append((list(key), row))
         passes = []
         row_lengths = [len(key) + sum(len(j.item.input_ids) - len(key) for j in members) for key, members in rows]
-        for bucket in length_buckets(row_lengths, self.max_batch_tokens):
+        for bucket in length_buckets(row_lengths, self.max_batch_tokens, self.max_padding):
             passes.append(_Pass("packed", [rows[i] for i in bucket]))
         for kind, members in (("plain", plain), ("located", located)):
-            for bucket in length_buckets([len(j.item.input_ids) for j in members], self.max_batch_tokens):
+            lengths = [len(job.item.input_ids) for job in members]
+            for bucket in length_buckets(lengths, self.max_batch_tokens, self.max_padding):
                 passes.append(_Pass(kind, [members[i] for i in bucket]))
         return passes
 

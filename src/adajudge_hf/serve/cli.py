@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 from ..checkpoint import detect_judge_form, load_judge
 from ..cli import accept_underscore_flags
 from .app import LoadedJudge, ServeConfig, create_app
+from .batcher import DEFAULT_MAX_PADDING
 
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -35,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch-tokens", type=int, default=8192, help="padded tokens per forward pass")
     parser.add_argument(
         "--max-wait-ms", type=float, default=5.0, help="how long an item waits for company when the judge is idle"
+    )
+    parser.add_argument(
+        "--max-padding",
+        type=float,
+        default=DEFAULT_MAX_PADDING,
+        help="most padding per forward pass, as a fraction of its tokens: rows too different in length go in separate "
+        "passes (padding costs like real tokens on a CPU); 0.99 pads freely",
     )
     parser.add_argument("--max-queue", type=int, default=4096, help="queued items beyond which requests get 503")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per item (default: the backbone's limit)")
@@ -85,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         max_length=args.max_length,
         refuse_overlong=args.overlong == "refuse",
         pack=not args.no_packing,
+        max_padding=args.max_padding,
     )
     if config.max_batch_tokens < 1 or config.max_queue < 1 or config.max_wait_ms < 0:
         raise ValueError("--max-batch-tokens and --max-queue must be >= 1 and --max-wait-ms >= 0.")
+    if not 0 <= config.max_padding < 1:
+        raise ValueError(f"--max-padding must be in [0, 1) (a fraction of a pass's tokens), got {config.max_padding}.")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     judge = load_for_serving(args.judge, args.device, args.dtype, args.policy_tokenizer)
     app = create_app(judge, config)
