@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,14 +33,10 @@ from pathlib import Path
 import aiohttp
 import torch
 
+from adajudge_hf.testing import free_port
+
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --- the judge and the workload ----------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ the default heads (K = 3, adaptive pooling), randomised; the data are HH-RLHF ha
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from adajudge_hf.testing import free_port
 
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,12 +62,6 @@ def read_result(worker: subprocess.Popen) -> dict:
         if line.startswith(MARKER):
             return json.loads(line[len(MARKER) :])
     raise RuntimeError(f"the vLLM worker exited with code {worker.wait()} before reporting; see its log above")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def post(url: str, payload: dict) -> dict:

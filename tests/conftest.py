@@ -82,3 +82,19 @@ def randomize_head(model: AdaJudgeForRewardModeling, seed: int = 0, std: float =
         for parameter in model.judge_head.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
     return model
+
+
+def with_random_lora(judge: AdaJudgeForRewardModeling, seed: int = 1, rank: int = 4):
+    """`judge` wrapped in LoRA adapters whose B matrices are random (they start at zero), as after LoRA training, so
+    that dropping or double-applying an adapter changes the rewards."""
+    from peft import LoraConfig, get_peft_model
+
+    from adajudge_hf import adajudge_lora_config
+
+    model = get_peft_model(judge, adajudge_lora_config(LoraConfig(r=rank, lora_alpha=2 * rank), judge))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    return model.eval()

@@ -4,15 +4,13 @@ import json
 
 import pytest
 import torch
-from conftest import randomize_head
-from peft import LoraConfig, get_peft_model
+from conftest import randomize_head, with_random_lora
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import adajudge_hf.checkpoint as checkpoint
 from adajudge_hf import AdaJudgeForRewardModeling
 from adajudge_hf.checkpoint import HEADS_FILE, atomic_folder, detect_judge_form, load_judge, save_judge
-from adajudge_hf.lora import adajudge_lora_config
 from adajudge_hf.testing import save_tiny_causal_lm
 
 
@@ -28,13 +26,7 @@ def new_judge(backbone_dir, lora=False):
     )
     if not lora:
         return judge.eval()
-    model = get_peft_model(judge, adajudge_lora_config(LoraConfig(r=4, lora_alpha=8), judge))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # LoRA B starts at zero; make the adapters matter
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
-    return model.eval()
+    return with_random_lora(judge)
 
 
 def rewards(model):

@@ -7,21 +7,16 @@ asserts a world size of 2, since a misconfigured launch silently runs one proces
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from adajudge_hf.testing import free_port
+
 
 SCRIPT = Path(__file__).parent / "scripts" / "score_distributed.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(command: list[str], output_dir: Path) -> tuple[dict, list[dict]]:

@@ -7,21 +7,16 @@ while `--cpu --num_processes 2` silently runs one: the script asserts a world si
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from adajudge_hf.testing import free_port
+
 
 SCRIPT = Path(__file__).parent / "scripts" / "train_distributed.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(command: list[str], output_dir: Path) -> list[dict]:

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import randomize_head
+from conftest import randomize_head, with_random_lora
 from datasets import Dataset
 from hub_stand_in import HubStandIn
 from huggingface_hub import HfApi, snapshot_download
-from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from test_hub import BACKBONE_REPO, go_offline, hub  # noqa: F401  (`hub` is a fixture)
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, pipeline
@@ -25,7 +24,6 @@ from adajudge_hf.checkpoint import load_judge, save_judge
 from adajudge_hf.evaluation import evaluate_model
 from adajudge_hf.evaluation.cli import main as evaluate_main
 from adajudge_hf.hub import push_judge
-from adajudge_hf.lora import adajudge_lora_config
 from adajudge_hf.testing import save_tiny_causal_lm
 
 
@@ -47,13 +45,7 @@ def trained(backbone: Path, form: str):
     randomize_head(judge)
     if form != "adapter":
         return judge.eval()
-    model = get_peft_model(judge, adajudge_lora_config(LoraConfig(r=4, lora_alpha=8), judge))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
-    return model.eval()
+    return with_random_lora(judge)
 
 
 def rewards(model, tokenizer) -> torch.Tensor:

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import randomize_head
+from conftest import randomize_head, with_random_lora
 from hub_stand_in import HubStandIn, metadata_errors
 from huggingface_hub import HfApi, ModelCard, constants, snapshot_download
-from peft import LoraConfig, get_peft_model
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from adajudge_hf import AdaJudgeForRewardModeling
@@ -31,7 +30,6 @@ from adajudge_hf.hub import (
     render_card,
     render_family_card,
 )
-from adajudge_hf.lora import adajudge_lora_config
 from adajudge_hf.testing import save_tiny_causal_lm
 
 
@@ -97,13 +95,7 @@ def trained_judge(backbone_dir: Path, form: str):
     randomize_head(judge)
     if form != "adapter":
         return judge.eval()
-    model = get_peft_model(judge, adajudge_lora_config(LoraConfig(r=4, lora_alpha=8), judge))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
-    return model.eval()
+    return with_random_lora(judge)
 
 
 def saved_judge(tmp_path: Path, backbone_dir: Path, form: str) -> tuple[Path, torch.Tensor]:

@@ -11,7 +11,6 @@ the code a multi-GPU run executes. DeepSpeed runs as is with its CPU accelerator
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from adajudge_hf.checkpoint import HEADS_FILE, detect_judge_form, load_judge, save_judge
-from adajudge_hf.testing import save_tiny_causal_lm
+from adajudge_hf.testing import free_port, save_tiny_causal_lm
 
 
 pytestmark = pytest.mark.slow
@@ -42,12 +41,6 @@ RUNS = {  # name: (sharding, extra `adajudge train` flags, saved form, reward to
     "fsdp-lora-bf16": ("fsdp", [*LORA, "--dtype", "bfloat16"], "adapter", 1e-2),
     "zero3-lora": ("zero3", LORA, "adapter", 1e-5),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(command: list[str]) -> None:

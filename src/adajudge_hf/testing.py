@@ -1,9 +1,11 @@
 """Tiny, offline, random backbones and tokenizers for tests, smoke runs and examples.
 
 Everything is built locally in about a second: a byte-level BPE tokenizer trained on a few sentences, with a real
-chat template and a pad token distinct from the end-of-turn token, and a 2-layer random decoder.
+chat template and a pad token distinct from the end-of-turn token, and a 2-layer random decoder. `free_port` gives
+the local servers and process groups of tests and benchmarks a port of their own.
 """
 
+import socket
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -112,3 +114,10 @@ def save_tiny_causal_lm(directory: str | Path, template: str = "chatml", seed: i
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a local server or a `torch.distributed` rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

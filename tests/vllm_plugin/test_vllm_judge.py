@@ -9,7 +9,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,15 +24,13 @@ from transformers import AutoTokenizer
 # tests/conftest.py leaves this folder out of collection where vLLM is not installed.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache: tiny judges need little
 
-from conftest import randomize_head  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
+from conftest import randomize_head, with_random_lora  # noqa: E402
 from vllm import LLM  # noqa: E402
 
 from adajudge_hf import AdaJudgeConfig, AdaJudgeForRewardModeling, save_judge  # noqa: E402
 from adajudge_hf.backbones import DEFAULT_BACKBONE, resolve_backbone  # noqa: E402
-from adajudge_hf.lora import adajudge_lora_config  # noqa: E402
 from adajudge_hf.modeling.modeling_adajudge import find_response_template  # noqa: E402
-from adajudge_hf.testing import make_tiny_backbone_config, make_tiny_tokenizer  # noqa: E402
+from adajudge_hf.testing import free_port, make_tiny_backbone_config, make_tiny_tokenizer  # noqa: E402
 from adajudge_hf.vllm.model import MERGE_FIRST, refuse_split_checkpoint  # noqa: E402
 
 
@@ -164,20 +161,9 @@ def test_smollm2_judge_rewards_match_transformers(tmp_path):
     assert_same_rewards(expected, actual)
 
 
-def lora_judge(judge: AdaJudgeForRewardModeling):
-    """The judge with LoRA adapters whose B matrices are random (they start at zero), as after LoRA training."""
-    model = get_peft_model(judge, adajudge_lora_config(LoraConfig(r=4, lora_alpha=8), judge))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
-    return model.eval()
-
-
 def test_merged_lora_judge_rewards_match_transformers(tmp_path):
     judge, tokenizer = save_tiny_judge(tmp_path / "base", "llama3", "llama", True, num_refinement_blocks=2)
-    model = lora_judge(judge)
+    model = with_random_lora(judge)
     save_judge(model, tmp_path / "merged", form="full", tokenizer=tokenizer)  # merges the adapters into a copy
     texts = rendered_texts(tokenizer)
     expected, expected_ids = transformers_rewards(model, tokenizer, texts)
@@ -192,7 +178,7 @@ def test_merged_lora_judge_rewards_match_transformers(tmp_path):
 def test_split_forms_fail_with_the_merge_instruction(tmp_path, capfd):
     judge, tokenizer = save_tiny_judge(tmp_path / "full", "chatml", "qwen3", True)
     save_judge(judge, tmp_path / "heads", form="heads", tokenizer=tokenizer, base_model_name_or_path="org/backbone")
-    adapter = lora_judge(judge)
+    adapter = with_random_lora(judge)
     save_judge(
         adapter, tmp_path / "adapter", form="adapter", tokenizer=tokenizer, base_model_name_or_path="org/backbone"
     )
@@ -208,12 +194,6 @@ def test_split_forms_fail_with_the_merge_instruction(tmp_path, capfd):
     gc.collect()
     log = "".join(capfd.readouterr())
     assert "holds a judge in the 'adapter' form" in log and MERGE_FIRST in log
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def post(url: str, payload: dict) -> dict:
