@@ -167,7 +167,19 @@ def offline_bound(judge_folder: Path, items: list[tuple[str, str]], group_size: 
     ratios = {
         name: spread([a / b for a, b in zip(seconds["per_item"], seconds[name])]) for name in ("per_group", "per_step")
     }
-    return {"items": len(items), "step": step, "seconds": {n: spread(s) for n, s in seconds.items()}, "ratio": ratios}
+    prompts = {tuple(item.input_ids[: item.prompt_length or 0]) for item in encoded}
+    tokens = {  # what each way computes: every item whole, or each prompt once and every response
+        "per_item": sum(len(item.input_ids) for item in encoded),
+        "per_group": sum(len(prompt) for prompt in prompts)
+        + sum(len(item.input_ids) - (item.prompt_length or 0) for item in encoded),
+    }
+    return {
+        "items": len(items),
+        "step": step,
+        "seconds": {name: spread(values) for name, values in seconds.items()},
+        "ratio": ratios,
+        "tokens": tokens,
+    }
 
 
 # --- the load generator ------------------------------------------------------------------------------------------
@@ -288,7 +300,9 @@ def write_report(result: dict, output_dir: Path) -> None:
             f"{fmt(seconds['per_item'])}; one packed row per GRPO group {fmt(seconds['per_group'])} "
             f"(×{fmt(ratio['per_group'])}); {bound['step']} items per step as `adajudge serve` plans them "
             f"{fmt(seconds['per_step'])} (×{fmt(ratio['per_step'])}). These ratios bound what sharing prompts and "
-            "batching can gain on this machine for this workload; a server adds HTTP, tokenisation and waiting on top.",
+            "batching can gain on this machine for this workload; a server adds HTTP, tokenisation and waiting on top. "
+            f"Tokens computed: {bound['tokens']['per_item']:,} item by item, {bound['tokens']['per_group']:,} with each "
+            f"prompt once (×{bound['tokens']['per_item'] / bound['tokens']['per_group']:.2f}).",
         ]
     (output_dir / "serving.md").write_text("\n".join(lines) + "\n")
     try:
