@@ -9,11 +9,13 @@ import pytest
 import torch
 from conftest import randomize_head
 from safetensors.torch import load_file, save_file
+from test_packing import encode_pairs
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, pipeline
 from transformers.utils import logging
 
 from adajudge_hf import AdaJudgeConfig, AdaJudgeForRewardModeling
 from adajudge_hf.modeling.modeling_adajudge import find_response_template
+from adajudge_hf.packing import pad_packed
 from adajudge_hf.testing import make_tiny_backbone_config, make_tiny_tokenizer, save_tiny_causal_lm
 from adajudge_hf.tokenization import encode_prompt_response
 
@@ -196,6 +198,60 @@ def test_heads_match_an_independent_reference(make_judge, tiny_tokenizer, judge_
     else:
         assert out.depth_weights is None
     assert sorted(model.judge_head.expert_heads) == sorted(model.config.experts)  # no unused experts
+
+
+def with_zero_attention_scorer(model):
+    """`model` whose attention scorer has zero weights (any bias: softmax ignores it) and whose attention score head
+    is a copy of the mean expert's, so equal views give equal expert scores."""
+    head = model.judge_head
+    with torch.no_grad():
+        head.attention_pool.weight.zero_()
+        head.expert_heads["attention"].load_state_dict(head.expert_heads["mean"].state_dict())
+    return model
+
+
+def expert_column(out, model, name):
+    return out.expert_scores[..., model.config.experts.index(name)]
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_attention_expert_contains_the_mean_expert_over_the_response(make_judge, tiny_tokenizer, dtype, layout):
+    """With `attention_pooling_scope="response"`, a zero scorer gives uniform weights over exactly the tokens the mean
+    expert averages, so the attention view is the mean view: a task the mean expert solves, the attention expert can
+    solve too (why the synthetic suite's SPREAD task has two right experts). Fails if the two experts' masks diverge
+    (a prompt, padding or neighbouring-response token in one and not the other)."""
+    model = randomize_head(make_judge(num_refinement_blocks=2, attention_pooling_scope="response"), std=0.3)
+    model = with_zero_attention_scorer(model).to(dtype)
+    if layout == "padded":  # left padding, rows of different prompt and response lengths
+        input_ids, attention_mask, prompt_lengths = pad_batch(
+            encode(tiny_tokenizer), tiny_tokenizer.pad_token_id, "left"
+        )
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "prompt_lengths": prompt_lengths}
+        assert not attention_mask.all()
+    else:  # [prompt; chosen; rejected] rows sharing their prompt, padded to a common width
+        inputs = pad_packed(encode_pairs(tiny_tokenizer)[1], tiny_tokenizer.pad_token_id, "left")
+    with torch.no_grad():
+        out = model(**inputs)
+    mean, attention = expert_column(out, model, "mean"), expert_column(out, model, "attention")
+    assert mean.std() > 1e-2  # the responses differ, so equal columns are not a constant
+    torch.testing.assert_close(attention, mean, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_attention_expert_with_the_default_scope_averages_prompt_and_response(make_judge, tiny_tokenizer, dtype):
+    """With the default `attention_pooling_scope="all"` (prompt included, METHOD.md) a zero scorer gives the mean over
+    prompt + response, which is the mean expert of the same row read without a prompt, and not the mean expert."""
+    model = with_zero_attention_scorer(randomize_head(make_judge(num_refinement_blocks=2), std=0.3)).to(dtype)
+    input_ids, attention_mask, prompt_lengths = pad_batch(encode(tiny_tokenizer), tiny_tokenizer.pad_token_id, "left")
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=attention_mask, prompt_lengths=prompt_lengths)
+        no_prompt = model(
+            input_ids=input_ids, attention_mask=attention_mask, prompt_lengths=torch.zeros_like(prompt_lengths)
+        )
+    attention = expert_column(out, model, "attention")
+    torch.testing.assert_close(attention, expert_column(no_prompt, model, "mean"), atol=1e-6, rtol=0)
+    assert (attention - expert_column(out, model, "mean")).abs().max() > 1e-2
 
 
 def test_prompt_mask_drives_the_router_as_the_reference_says(make_judge, tiny_tokenizer):
