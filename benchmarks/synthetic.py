@@ -11,11 +11,14 @@ The tasks are mixed in one training set. The backbone is a frozen tiny random Ll
 packed), so every head trains in seconds, with focal BT for all and the epoch chosen on a validation carve.
 Each seed is first gated: every task must be solved (>= 95 %) by its matched static pooling, else the generator, not
 the router, failed on that seed. Then each AdaJudge variant passes a seed when every task is >= 95 % with the argmax
-of its mean routing weights on the task's expert. Variants beyond `adajudge` (the paper-faithful default) are
-router lock-in remedies, all `train_heads` options.
+of its mean routing weights on an expert whose static pooling solves that task on that seed (the suite's verdict);
+the stricter "argmax on the task's designated expert" is reported beside it. SPREAD has two right experts by
+construction: the attention expert with a zero scorer is a uniform average, i.e. the mean view (see `SPREAD_NOTE`).
+Variants beyond `adajudge` (the paper-faithful default) are router lock-in remedies, all `train_heads` options.
 
     python benchmarks/synthetic.py                 # 5 seeds, all variants; writes benchmarks/results/synthetic.*
     python benchmarks/synthetic.py --seeds 0 --epochs 3 --train-per-task 200   # quick look
+    python benchmarks/synthetic.py --report-only   # rewrite synthetic.md / .png from the recorded synthetic.json
 """
 
 import argparse
@@ -55,6 +58,24 @@ VARIANTS = {
     "adajudge+router_lr10": ({}, {"router_learning_rate_multiplier": 10.0}),
     "adajudge+aux+warmup": ({}, {"expert_aux_loss_coef": 1.0, "router_warmup_fraction": 0.3}),
 }
+# Why the verdict is the competent-expert one (what the construction guarantees, not a measured figure).
+SPREAD_NOTE = (
+    "**Why SPREAD has two right experts, and why the suite's verdict is the competent-expert column.** The attention "
+    "expert's scorer is one linear map w·h + b; with w = 0 its softmax weights are uniform over the tokens it may "
+    'attend to. With `attention_pooling_scope="response"` those are exactly the tokens the mean expert averages, so '
+    "the attention view equals the mean view (`tests/test_modeling.py::"
+    "test_attention_expert_contains_the_mean_expert_over_the_response`, fp32 and bf16, padded and packed rows). This "
+    'suite uses the default scope `"all"` (prompt included), where w = 0 gives the mean over prompt + response '
+    "(`test_attention_expert_with_the_default_scope_averages_prompt_and_response`); both responses of a SPREAD pair "
+    "share their prompt and have the same length, so the chosen − rejected difference of that view is the mean "
+    "views' difference scaled by R / (P + R), and a linear readout ranks every SPREAD pair as it would on the mean "
+    "view. Whatever the mean expert reads, the attention expert can read too: no generator can make a task the mean "
+    "expert solves and the attention expert cannot (exactly with scope `response`; with scope `all`, for a linear "
+    "readout, whenever the two responses share the prompt and their length, as in SPREAD). Static attention pooling "
+    "does solve SPREAD on every "
+    "seed (competent experts below). The strict column (argmax on the designated expert) is kept, but on SPREAD it "
+    "asks the router to prefer one of two right experts; the suite's verdict is the competent-expert column."
+)
 DECOYS = 0.08  # share of body tokens that are GOOD or BAD: only the last token's identity decides END
 
 
@@ -219,8 +240,10 @@ def write(results: dict, output_dir: Path) -> None:
         f"**Gate**: a seed is sound when each task is solved (>= 95 %) by its matched static pooling "
         f"(END-last, SPREAD-mean, SPOT-attention). Sound seeds: {sound} of {seeds}.",
         "",
-        "| variant | END | SPREAD | SPOT | every task >= 95 % with argmax on the task's expert (per seed) | "
-        "... on a competent expert |",
+        SPREAD_NOTE,
+        "",
+        "| variant | END | SPREAD | SPOT | strict: every task >= 95 % with argmax on the task's designated expert "
+        "(per seed) | **verdict**: ... with argmax on a competent expert |",
         "|---|---|---|---|---|---|",
     ]
     means = {}
@@ -273,7 +296,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
     parser.add_argument("--output-dir", default=str(RESULTS))
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite synthetic.md / .png from the output dir's synthetic.json"
+    )
     args = parser.parse_args(argv)
+    if args.report_only:
+        recorded = Path(args.output_dir) / "synthetic.json"
+        if not recorded.exists():
+            raise SystemExit(f"--report-only needs {recorded}; run the suite first (without --report-only)")
+        results = json.loads(recorded.read_text())
+        results["seeds"] = {int(seed): verdict for seed, verdict in results["seeds"].items()}  # JSON keys are text
+        write(results, Path(args.output_dir))
+        return results
     torch.set_num_threads(2)
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.variants.split(",")
