@@ -377,7 +377,10 @@ def summarise(runs: list[dict], eval_names: list[str], settings: dict, resamples
                 "std": statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0,
                 "per_seed": per_seed,
             }
-        table[name]["best_epoch"] = [r["best_epoch"] for r in runs if r["variant"] == name]
+        table[name]["best_epoch"] = [
+            r["best_epoch"] for r in sorted(runs, key=lambda r: r["seed"]) if r["variant"] == name
+        ]
+        table[name]["seeds"] = seeds_of[name]
     if REFERENCE in names:
         for name in names:
             if name == REFERENCE:
@@ -424,7 +427,7 @@ def protocol_summary(results: dict) -> dict:
             "backbone": settings["backbone"],
             "regime": "frozen",
         },
-        "comparisons": [{k: c[k] for k in ("a", "b", "scope", "diff", "ci_low", "ci_high")} for c in results["comparisons"]],
+        "comparisons": [{k: c[k] for k in ("a", "b", "scope", "diff", "ci_low", "ci_high", "seeds")} for c in results["comparisons"]],
     }  # fmt: skip
 
 
@@ -439,7 +442,7 @@ def write(results: dict, output_dir: Path) -> None:
                  for r in results["runs"]]  # fmt: skip
     (output_dir / "quality.json").write_text(json.dumps({**results, "runs": slim_runs}, indent=2))
     (output_dir / "quality_summary.json").write_text(json.dumps(protocol_summary(results), indent=2) + "\n")
-    scopes = [s for s in next(iter(table.values())) if s != "best_epoch"]
+    scopes = [s for s in next(iter(table.values())) if s not in ("best_epoch", "seeds")]
     diff = {(c["b"], c["scope"]): c for c in results["comparisons"]}
     main, ablation = variants(settings["blocks"])
 
@@ -469,6 +472,8 @@ def write(results: dict, output_dir: Path) -> None:
     ]
     for name in [n for n in main if n in table]:
         note = " (identical run: floor never active)" if any(r.get("identical_to") for r in results["runs"] if r["variant"] == name) else ""  # fmt: skip
+        if len(table[name]["seeds"]) < len(seeds):
+            note += f" (only seeds {table[name]['seeds']}: its mean, std and differences are over those seeds)"
         epochs = " / ".join(f"{e:.2f}" for e in table[name]["best_epoch"])
         lines.append(f"| {name}{note} | " + " | ".join(cell(name, s) for s in scopes) + f" | {epochs} |")
     lines += ["", "## Loss ablation (same protocol; pooled held-out accuracy %, mean ± std over seeds)", "",
@@ -488,6 +493,9 @@ def write(results: dict, output_dir: Path) -> None:
                          f"{', '.join(f'{v:.3f}' for v in r['pi_std_per_response'])}; entropy below the floor for at "
                          f"most {below:.0%} of responses in any seed")  # fmt: skip
     lines += ["", f"Features {results['feature_seconds'] / 60:.1f} min, total {results['seconds'] / 60:.1f} min."]
+    history = output_dir / "quality-history.md"  # what earlier runs showed and what was decided after seeing them
+    if history.exists():
+        lines += ["", history.read_text().strip()]
     (output_dir / "quality.md").write_text("\n".join(lines) + "\n")
 
     names = [n for n in list(main) + list(ablation) if n in table]
