@@ -450,7 +450,8 @@ def write(results: dict, output_dir: Path) -> None:
         text = f"{table[name][scope]['mean']:.1f} ± {table[name][scope]['std']:.1f}"
         if (name, scope) in diff:
             c = diff[(name, scope)]
-            text += f" ({-c['diff']:+.1f} [{-c['ci_high']:+.1f}, {-c['ci_low']:+.1f}])"
+            on = f"; on the {c['seeds']} seeds both have" if c["seeds"] < len(seeds) else ""
+            text += f" ({-c['diff']:+.1f} [{-c['ci_high']:+.1f}, {-c['ci_low']:+.1f}]{on})"
         return text
 
     seeds = sorted({r["seed"] for r in results["runs"]})
