@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 TRIM_EVERY_S = 10.0
 # Padding allowed per forward pass, as a fraction of its tokens. Rows of one step can differ a lot in length; on a CPU
-# a padded token costs as much as a real one and a bigger batch buys little (benchmarks/serving.py, "offline bound").
+# a padded token costs as much as a real one, while a bigger batch buys little (a row's cost is nearly flat in the
+# batch size there), so splitting the pass is cheaper than padding it.
 DEFAULT_MAX_PADDING = 0.2
 
 
