@@ -14,7 +14,7 @@ from conftest import randomize_head
 
 from adajudge_hf import AdaJudgeForRewardModeling
 from adajudge_hf.evaluation import score_responses
-from adajudge_hf.modeling.modeling_adajudge import find_response_template
+from adajudge_hf.modeling import find_response_template
 from adajudge_hf.serve import AdaJudgeReward, ChatTemplateParser, LoadedJudge, ServeConfig, create_app
 from adajudge_hf.testing import make_tiny_judge_config, make_tiny_tokenizer
 from adajudge_hf.tokenization import encode_prompt_response
@@ -110,9 +110,11 @@ def test_get_reward_one_item_per_request_equals_in_process_scoring(judge, chatml
     assert all(answer.status_code == 200 for answer in answers), answers[0].text
     rewards = torch.tensor([answer.json()["rewards"][0] for answer in answers])
     torch.testing.assert_close(rewards, expected.rewards, atol=1e-5, rtol=0)
-    pi = torch.tensor([[answer.json()["extra_logs"][f"pi/{e}"][0] for e in expected.experts] for answer in answers])
+    pi = torch.tensor(
+        [[answer.json()["extra_logs"][f"judge/pi/{e}"][0] for e in expected.experts] for answer in answers]
+    )
     torch.testing.assert_close(pi, expected.routing_weights, atol=1e-5, rtol=0)
-    alpha = [answer.json()["extra_logs"]["alpha/H(1)"][0] for answer in answers]
+    alpha = [answer.json()["extra_logs"]["judge/alpha/H(1)"][0] for answer in answers]
     torch.testing.assert_close(torch.tensor(alpha), expected.depth_weights[:, 0], atol=1e-5, rtol=0)
     scores = torch.tensor([answer.json()["scores"][0] for answer in answers])
     torch.testing.assert_close(scores, expected.rewards.sigmoid(), atol=1e-6, rtol=0)
@@ -139,7 +141,7 @@ def test_a_request_with_many_queries_keeps_their_order(judge, chatml):
     answer = asyncio.run(run())
     assert answer.status_code == 200, answer.text
     torch.testing.assert_close(torch.tensor(answer.json()["rewards"]), expected.rewards, atol=1e-5, rtol=0)
-    assert answer.json()["extra_logs"]["truncated"] == [0.0] * len(prompts)
+    assert answer.json()["extra_logs"]["judge/truncated"] == [0.0] * len(prompts)
 
 
 def test_score_items_groups_and_classify_equal_in_process_scoring(judge, chatml):
@@ -261,7 +263,6 @@ def test_faults_answer_4xx_5xx_with_a_message_and_the_server_keeps_serving(judge
                     "/get_reward", content=b"{not json", headers={"content-type": "application/json"}
                 ),
                 "wrong type": await post("/get_reward", json={"query": "a string, not a list"}),
-                "empty": await post("/get_reward", json={"query": []}),
                 "mismatch": await post("/get_reward", json={"query": ["a", "b"], "prompts": ["a"]}),
                 "not its prompt": await post("/get_reward", json={"query": ["hello"], "prompts": ["bye"]}),
                 "empty response": await post("/score", json={"prompt": "Hi", "response": "  "}),
@@ -275,7 +276,7 @@ def test_faults_answer_4xx_5xx_with_a_message_and_the_server_keeps_serving(judge
 
     answers = asyncio.run(run())
     expected = {
-        "malformed": 400, "wrong type": 422, "empty": 422, "mismatch": 422, "not its prompt": 422,
+        "malformed": 400, "wrong type": 422, "mismatch": 422, "not its prompt": 422,
         "empty response": 422, "both fields": 422, "full queue": 503, "long": 200, "failing pass": 500, "after": 200,
     }  # fmt: skip
     assert {name: answer.status_code for name, answer in answers.items()} == expected
@@ -484,3 +485,23 @@ def test_metrics_are_prometheus_text(judge, chatml):
     assert 'adajudge_requests_total{endpoint="/score",status="200"} 1.0' in text
     for name in ("adajudge_queue_depth", "adajudge_request_latency_seconds_bucket", "adajudge_batch_items_bucket"):
         assert name in text
+
+
+def test_an_empty_shard_gets_empty_lists_with_every_log_key(judge, chatml):
+    """OpenRLHF 0.9.1-0.11.0 split one sample over every URL, so all URLs but the first get empty lists."""
+
+    async def run():
+        async with asgi_client(serve(judge, chatml)) as client:
+            empty = await client.post("/get_reward", json={"query": [], "prompts": [], "labels": []})
+            one = await client.post(
+                "/get_reward",
+                json={"query": ["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"]},
+            )
+            return empty, one
+
+    empty, one = asyncio.run(run())
+    assert empty.status_code == 200, empty.text
+    assert empty.json()["rewards"] == [] and empty.json()["scores"] == []
+    assert set(empty.json()["extra_logs"]) == set(one.json()["extra_logs"])
+    assert all(values == [] for values in empty.json()["extra_logs"].values())
+    assert all(key.startswith("judge/") for key in one.json()["extra_logs"])  # never hides a client's own metric

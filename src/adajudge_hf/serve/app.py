@@ -81,7 +81,7 @@ Turns = str | list[Message]
 
 
 class RewardRequest(BaseModel):
-    query: list[str] = Field(min_length=1)
+    query: list[str]
     prompts: list[str] | None = None
     labels: list[Any] | None = None
 
@@ -164,6 +164,8 @@ class _Server:
 
     async def score(self, request: Request, items: list[ServeItem]) -> list[ItemScore]:
         """Queue `items` and wait for their scores, or for the client to go away (then nothing more is spent)."""
+        if not items:  # an empty shard of a client that splits its batch over several URLs
+            return []
         if not self.ready:
             raise ServeError(503, "the judge is still warming up; retry shortly", {"Retry-After": "1"})
         try:
@@ -254,9 +256,9 @@ def create_app(judge: LoadedJudge, config: ServeConfig | None = None) -> FastAPI
         return JSONResponse({"error": "; ".join(details)}, status_code=status)
 
     def routing(server: _Server, scores: list[ItemScore]) -> dict[str, list[float]]:
-        logs = {f"pi/{name}": [s.routing_weights[i] for s in scores] for i, name in enumerate(server.experts)}
+        logs = {f"judge/pi/{name}": [s.routing_weights[i] for s in scores] for i, name in enumerate(server.experts)}
         for i, name in enumerate(server.depth_candidates):
-            logs[f"alpha/{name}"] = [s.depth_weights[i] for s in scores]
+            logs[f"judge/alpha/{name}"] = [s.depth_weights[i] for s in scores]
         return logs
 
     @app.post("/get_reward")
@@ -266,7 +268,7 @@ def create_app(judge: LoadedJudge, config: ServeConfig | None = None) -> FastAPI
         items = server.encode("query", server.encoder.from_query, list(zip(body.query, prompts)))
         scores = await server.score(request, items)
         extra_logs = routing(server, scores)
-        extra_logs["truncated"] = [float(item.truncated) for item in items]
+        extra_logs["judge/truncated"] = [float(item.truncated) for item in items]
         rewards = [s.reward for s in scores]
         return {"rewards": rewards, "scores": [sigmoid(r) for r in rewards], "extra_logs": extra_logs}
 
