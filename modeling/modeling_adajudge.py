@@ -1,156 +1,28 @@
 """AdaJudge reward model: backbone -> K depth-routed refinement blocks -> routed mixture of pooling experts.
 
 Paper: https://huggingface.co/papers/2601.08097. Method with every open choice resolved: `shared/spec/METHOD.md`.
-This file imports only torch and transformers (plus its sibling config) so it can travel as remote code.
+This file imports only torch and transformers (plus its siblings) so it can travel as remote code; loading
+(file checks, the save forms, `from_backbone`) lives in `loading_adajudge.py` beside it.
 
 Shapes: B batch, L sequence length, D backbone hidden size, E pooling experts, K refinement blocks.
 """
 
-import glob
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoTokenizer,
-    PreTrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import load_state_dict
-from transformers.utils import ModelOutput, cached_file, find_adapter_config_file, is_peft_available, logging
+from transformers.utils import ModelOutput, logging
 
 from .configuration_adajudge import AdaJudgeConfig
+from .loading_adajudge import keys_to_ignore_on_load, load_from_backbone, load_pretrained
 
 
 logger = logging.get_logger(__name__)
-
-
-JUDGE_HEADS_FILE = "judge_head.safetensors"
-"""The heads of a judge saved without its backbone (the heads and adapter forms)."""
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-FULL_WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
-
-
-def _looks_like_local_path(name: str) -> bool:
-    """Whether `name` can only mean a local path: absolute, relative with ./ ../ ~, more than one '/', or inside an
-    existing folder. `org/name` stays a Hub repo id."""
-    parent = os.path.dirname(name.rstrip("/"))
-    return (
-        os.path.isabs(name)
-        or name.startswith((".", "~"))
-        or name.rstrip("/").count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-        or (bool(parent) and os.path.isdir(parent))
-    )
-
-
-def check_local_checkpoint(source: str, subfolder: str) -> None:
-    """Clear errors before loading: a local path that does not exist, pickle-only folders, broken safetensors."""
-    if not os.path.isdir(source):
-        if _looks_like_local_path(source) and not os.path.exists(source):
-            raise FileNotFoundError(
-                f"{source} does not exist: there is no such local folder. Check the path (a judge is the folder "
-                "that `save_judge` or `adajudge train` wrote), or pass a Hub repo id of the form 'org/name'."
-            )
-        return
-    folder = os.path.join(source, subfolder)
-    pickles = glob.glob(os.path.join(folder, "*.bin")) + glob.glob(os.path.join(folder, "*.pt"))
-    safetensors_files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
-    if pickles and not safetensors_files:
-        raise ValueError(
-            f"{source} holds only pickle checkpoints ({', '.join(sorted(map(os.path.basename, pickles)))}). "
-            "AdaJudge loads safetensors only, because unpickling can run arbitrary code. Convert a checkpoint "
-            "you trust with `model.save_pretrained(path)` (safetensors is the default) and load that."
-        )
-    for path in safetensors_files:
-        _check_safetensors(path)
-
-
-def _check_safetensors(path: str) -> None:
-    """Read the header of a safetensors file: a truncated or empty file raises a ValueError that names it."""
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path} is empty (0 bytes): the save or download was cut off. Save or download it again.")
-    try:
-        load_state_dict(path, map_location="meta")  # the header only; it must cover the whole file
-    except Exception as error:  # safetensors raises its own SafetensorError
-        raise ValueError(
-            f"{path} is truncated or corrupt ({error}): the save or download was cut off. Save or download it again."
-        ) from error
-
-
-def _resolve_file(source: str, filename: str, hub_kwargs: dict) -> str | None:
-    """Local path of `filename` in a folder or Hub repo (downloaded to the cache), or None when it has none."""
-    if os.path.isdir(source):
-        path = os.path.join(source, hub_kwargs.get("subfolder", ""), filename)
-        return path if os.path.isfile(path) else None
-    return cached_file(
-        source,
-        filename,
-        **hub_kwargs,
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-    )
-
-
-def _refuse_non_finite(named_tensors, where: str) -> None:
-    """Raise a ValueError naming the NaN / Inf tensors and where they were read from."""
-    bad = [
-        name
-        for name, tensor in named_tensors
-        if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all()
-    ]
-    if bad:
-        raise ValueError(
-            f"{where} has NaN or Inf values in {len(bad)} tensor(s): {', '.join(bad[:5])}"
-            f"{' ...' if len(bad) > 5 else ''}. It was probably saved after a diverged training step; load an earlier "
-            "checkpoint."
-        )
-
-
-def find_response_template(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Token ids of the assistant-turn header of `tokenizer.chat_template`, as they appear inside a conversation.
-
-    The header is what `add_generation_prompt=True` appends to a rendered prompt (e.g. `<|im_start|>assistant\\n`),
-    so it is derived from the template itself rather than hard-coded per model family. Trailing header tokens that
-    the tokenizer merges with the start of a response are dropped, so the ids match inside real conversations.
-    """
-    if tokenizer.chat_template is None:
-        raise ValueError("The tokenizer has no chat template, so there is no assistant header to find.")
-    probe = [{"role": "user", "content": "Is this a question?"}]
-    response_text = "Yes, it is."
-
-    def ids(messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-        encoded = tokenizer.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
-        )
-        return list(encoded["input_ids"])
-
-    prompt_only = ids(probe)
-    with_header = ids(probe, add_generation_prompt=True)
-    conversation = ids(probe + [{"role": "assistant", "content": response_text}])
-    # Some templates end a prompt-only rendering with extra tokens (Phi-3 appends EOS), so compare common prefixes.
-    start = next((i for i, (a, b) in enumerate(zip(prompt_only, with_header)) if a != b), len(prompt_only))
-    header = with_header[start:]
-    while header and conversation[start : start + len(header)] != header:
-        header = header[:-1]
-    if not header or not tokenizer.decode(header).strip():
-        raise ValueError(
-            "Could not find an assistant-turn header in the tokenizer's chat template (`add_generation_prompt=True` "
-            "adds nothing that also opens the assistant turn inside a conversation). Without it the judge cannot find "
-            "the response in texts rendered by other tools (e.g. TRL's GRPO/RLOO). Pass `response_template=[...]` "
-            "(the token ids that open a response) explicitly, or use a chat template with a generation prompt."
-        )
-    return header
 
 
 class AdaJudgeZeroInitLinear(nn.Linear):
@@ -242,6 +114,203 @@ def attention_allowed(valid_mask: torch.Tensor, causal: bool, segment_ids: torch
         query, key = segment_ids[:, None, :, None], segment_ids[:, None, None, :]  # (B, 1, L, 1), (B, 1, 1, L)
         allowed = allowed & ((key == 0) | (key == query))
     return allowed | eye  # (B, 1, L, L)
+
+
+@dataclass
+class AdaJudgeRewardOutput(ModelOutput):
+    r"""
+    Output of [`AdaJudgeForRewardModeling`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Mean squared error against `labels`, when labels are given (regression, as for `num_labels=1` classifiers).
+        logits (`torch.FloatTensor` of shape `(batch_size, 1)`):
+            The reward r = sum_v pi_v s_v, in float32.
+        expert_scores (`torch.FloatTensor` of shape `(batch_size, num_experts)`):
+            Score s_v of each pooling expert, in the order of `config.experts`.
+        routing_weights (`torch.FloatTensor` of shape `(batch_size, num_experts)`):
+            Pooling-router weights pi (all ones for a static pooling).
+        depth_weights (`torch.FloatTensor` of shape `(batch_size, num_depth_candidates)`, *optional*):
+            Depth-router weights alpha over H(1)..H(K) (H0 first when `depth_router_include_input`); None when K = 0.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Backbone hidden states, when `output_hidden_states=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    expert_scores: torch.FloatTensor | None = None
+    routing_weights: torch.FloatTensor | None = None
+    depth_weights: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class AdaJudgeLayout:
+    """Where the prompt and each response of a batch lie: what the heads read besides the backbone states.
+
+    Plain rows hold one response each (N = 1); packed rows [prompt; r1; ...; rN] share their prompt. Built by
+    `from_inputs` from the boundary inputs of `forward`, so every caller (the transformers model,
+    `score_hidden_states`, the vLLM model) locates responses the same way.
+    """
+
+    prompt_mask: torch.Tensor
+    """(B, L) prompt tokens."""
+    response_masks: torch.Tensor
+    """(B, N, L) tokens of each response."""
+    context_masks: torch.Tensor
+    """(B, N, L) tokens each response is read with: the prompt and itself."""
+    block_mask: torch.Tensor | None
+    """(B, 1, L, L) "may attend" mask of the refinement blocks; None for unpadded plain rows (causal fast path)."""
+    position_ids: torch.Tensor
+    """(B, L) positions counted from each row's first valid token (restarting after the prompt for each response)."""
+
+    @classmethod
+    def from_inputs(
+        cls,
+        config: AdaJudgeConfig,
+        valid_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        response_mask: torch.Tensor | None = None,
+        prompt_lengths: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> "AdaJudgeLayout":
+        """The layout of plain rows (response from `response_mask`, `prompt_lengths` or `config.response_template`
+        found in `input_ids`, in that order) or of packed rows (`segment_ids`). `valid_mask` (B, L) marks real tokens."""
+        if segment_ids is not None:
+            check_shape("segment_ids", segment_ids, valid_mask.shape, "one segment id per token, like `input_ids`")
+            return _packed_layout(config, segment_ids, valid_mask)
+        response = _locate_response(config, input_ids, valid_mask, response_mask, prompt_lengths)  # (B, L)
+        causal = config.refinement_attention == "causal"
+        return cls(
+            prompt_mask=valid_mask & ~response,
+            response_masks=response[:, None],  # (B, 1, L)
+            context_masks=valid_mask[:, None],
+            block_mask=None if bool(valid_mask.all()) else attention_allowed(valid_mask, causal),
+            # Count positions from the first valid token, so left padding changes nothing.
+            position_ids=(valid_mask.long().cumsum(-1) - 1).clamp_min(0),
+        )
+
+
+def valid_token_mask(reference: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, L) boolean mask of real tokens of a (B, L, ...) `reference`; rows with none are an error."""
+    if attention_mask is None:
+        return torch.ones(reference.shape[:2], dtype=torch.bool, device=reference.device)
+    valid_mask = attention_mask.bool()
+    padding_rows = (~valid_mask.any(-1)).nonzero().flatten().tolist()
+    if padding_rows:
+        raise ValueError(f"Row(s) {padding_rows} of `attention_mask` are all padding: there is nothing to score.")
+    return valid_mask
+
+
+def supports_packed_inputs(config: AdaJudgeConfig) -> bool:
+    """Whether `segment_ids` (shared-prompt packing) applies: causal refinement and a backbone that takes 4-D masks."""
+    attention = config.text_config._attn_implementation
+    return config.refinement_attention == "causal" and attention in ("eager", "sdpa")
+
+
+def _locate_response(
+    config: AdaJudgeConfig,
+    input_ids: torch.Tensor | None,
+    valid_mask: torch.Tensor,
+    response_mask: torch.Tensor | None,
+    prompt_lengths: torch.Tensor | None,
+) -> torch.Tensor:
+    """(B, L) boolean mask of response tokens, by the precedence of `AdaJudgeLayout.from_inputs`."""
+    if response_mask is not None:
+        check_shape("response_mask", response_mask, valid_mask.shape, "one 0/1 flag per token, like `input_ids`")
+        response = response_mask.bool() & valid_mask
+    elif prompt_lengths is not None:
+        prompt_lengths = torch.as_tensor(prompt_lengths, device=valid_mask.device)
+        check_shape("prompt_lengths", prompt_lengths, valid_mask.shape[:1], "one prompt length per row")
+        valid_counts = valid_mask.sum(-1)  # (B,)
+        negative = (prompt_lengths < 0).nonzero().flatten().tolist()
+        if negative:
+            raise ValueError(
+                f"`prompt_lengths` must be >= 0, got {prompt_lengths[negative].tolist()} in row(s) {negative}: a "
+                "prompt length is the number of prompt tokens among the row's valid tokens."
+            )
+        too_long = (prompt_lengths >= valid_counts).nonzero().flatten().tolist()
+        if too_long:
+            raise ValueError(
+                f"`prompt_lengths` {prompt_lengths[too_long].tolist()} in row(s) {too_long} leave no response: "
+                f"those rows have only {valid_counts[too_long].tolist()} valid token(s). A prompt length counts the "
+                "prompt tokens among the tokens `attention_mask` keeps; check that truncation kept the response."
+            )
+        valid_index = valid_mask.long().cumsum(-1)  # (B, L): 1-based index among valid tokens
+        response = valid_mask & (valid_index > prompt_lengths[:, None])
+    elif config.response_template is not None and input_ids is not None:
+        response = _response_after_template(config.response_template, input_ids, valid_mask)
+    else:
+        logger.warning_once(
+            "AdaJudge got no `response_mask`, `prompt_lengths` or `config.response_template`: every token is "
+            "treated as response and the prompt context z_P is zero. Pass the boundary for prompt-aware routing."
+        )
+        response = valid_mask
+    empty = (~response.any(-1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"Row(s) {empty} have an empty response: no valid token is marked as response. Every example needs a "
+            "non-empty response; check the data and that truncation kept the end of the response."
+        )
+    return response
+
+
+def _response_after_template(
+    response_template: list[int], input_ids: torch.Tensor, valid_mask: torch.Tensor
+) -> torch.Tensor:
+    """Response = the valid tokens after the last occurrence of `response_template` in each row."""
+    template = torch.tensor(response_template, device=input_ids.device)
+    width, seq_len = template.numel(), input_ids.shape[1]
+    if seq_len < width:
+        found = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        starts = torch.zeros_like(found, dtype=torch.long)
+    else:
+        windows = input_ids.unfold(1, width, 1)  # (B, L - w + 1, w)
+        hits = (windows == template).all(-1) & valid_mask.unfold(1, width, 1).all(-1)  # (B, L - w + 1)
+        found = hits.any(-1)
+        starts = hits.shape[1] - 1 - hits.int().flip(-1).argmax(-1)  # (B,) last hit
+    positions = torch.arange(seq_len, device=input_ids.device)
+    response = valid_mask & (positions[None] >= (starts + width)[:, None])
+    if not bool(found.all()):
+        logger.warning_once(
+            f"`config.response_template` {response_template} was not found in "
+            f"{int((~found).sum())} row(s): those rows are scored as all-response with no prompt context. "
+            "Render prompts with the same chat template as the judge, or pass `response_mask`."
+        )
+        response = torch.where(found[:, None], response, valid_mask)
+    return response
+
+
+def _packed_layout(config: AdaJudgeConfig, segment_ids: torch.Tensor, valid_mask: torch.Tensor) -> AdaJudgeLayout:
+    """The layout of packed rows: segment 0 the shared prompt, segments 1..N the responses."""
+    if not supports_packed_inputs(config):
+        raise ValueError(
+            "Packed inputs (`segment_ids`) need causal refinement blocks and an eager or SDPA backbone, got "
+            f"refinement_attention={config.refinement_attention!r} and attention implementation "
+            f"{config.text_config._attn_implementation!r}. Score these rows unpacked instead."
+        )
+    segment_ids = segment_ids.masked_fill(~valid_mask, -1)
+    num_responses = int(segment_ids.max())
+    segments = torch.arange(1, num_responses + 1, device=segment_ids.device)
+    response_masks = segment_ids[:, None, :] == segments[None, :, None]  # (B, N, L)
+    missing = (~response_masks.any(-1)).nonzero().tolist()
+    if num_responses < 1 or missing:
+        raise ValueError(
+            f"Every packed row needs responses 1..{num_responses} in `segment_ids`; (row, response) pairs "
+            f"{[(row, response + 1) for row, response in missing]} are empty."
+        )
+    prompt_mask = segment_ids == 0  # (B, L)
+    # Positions: the prompt counts from 0, each response continues from the end of the prompt.
+    one_hot = F.one_hot(segment_ids.clamp_min(0), num_responses + 1) * valid_mask[..., None]  # (B, L, N + 1)
+    own_count = one_hot.cumsum(1).gather(-1, segment_ids.clamp_min(0)[..., None]).squeeze(-1)  # (B, L)
+    prompt_length = one_hot[..., 0].sum(-1, keepdim=True)  # (B, 1)
+    return AdaJudgeLayout(
+        prompt_mask=prompt_mask,
+        response_masks=response_masks,
+        context_masks=response_masks | prompt_mask[:, None],  # (B, N, L)
+        block_mask=attention_allowed(valid_mask, causal=True, segment_ids=segment_ids),
+        position_ids=(own_count - 1 + (segment_ids > 0) * prompt_length).clamp_min(0),
+    )
 
 
 class AdaJudgeHead(nn.Module):
@@ -351,33 +420,33 @@ class AdaJudgeHead(nn.Module):
         reward = (routing_weights * expert_scores.float()).sum(-1)  # (B, N)
         return reward, expert_scores, routing_weights, depth_weights
 
+    def score(self, hidden_states: torch.Tensor, layout: AdaJudgeLayout) -> AdaJudgeRewardOutput:
+        """Rewards of backbone states H0 (B, L, D) read with `layout`: N * B output rows, response-major (all rows'
+        response 1, then response 2, ...), in float32."""
+        head_dtype = next(self.parameters()).dtype
+        # Mixed precision, as Trainer's `bf16=True` does: fp32 heads behind a half-precision backbone run their matmuls
+        # in that dtype (fp32 matmuls are many times slower on tensor-core GPUs). Half-precision heads (`.to(bf16)`)
+        # take the states in their own dtype. Either way norms, masked means' weights, the routers' softmaxes and the
+        # reward are computed in fp32.
+        half = hidden_states.dtype in (torch.bfloat16, torch.float16) and head_dtype == torch.float32
+        with torch.autocast(hidden_states.device.type, dtype=hidden_states.dtype, enabled=half):
+            reward, expert_scores, routing_weights, depth_weights = self(
+                hidden_states if half else hidden_states.to(head_dtype),
+                layout.prompt_mask,
+                layout.response_masks,
+                layout.context_masks,
+                layout.block_mask,
+            )
 
-@dataclass
-class AdaJudgeRewardOutput(ModelOutput):
-    r"""
-    Output of [`AdaJudgeForRewardModeling`].
+        def responses_first(tensor: torch.Tensor) -> torch.Tensor:  # (B, N, ...) -> (N * B, ...)
+            return tensor.transpose(0, 1).reshape(-1, *tensor.shape[2:])
 
-    Args:
-        loss (`torch.FloatTensor` of shape `()`, *optional*):
-            Mean squared error against `labels`, when labels are given (regression, as for `num_labels=1` classifiers).
-        logits (`torch.FloatTensor` of shape `(batch_size, 1)`):
-            The reward r = sum_v pi_v s_v, in float32.
-        expert_scores (`torch.FloatTensor` of shape `(batch_size, num_experts)`):
-            Score s_v of each pooling expert, in the order of `config.experts`.
-        routing_weights (`torch.FloatTensor` of shape `(batch_size, num_experts)`):
-            Pooling-router weights pi (all ones for a static pooling).
-        depth_weights (`torch.FloatTensor` of shape `(batch_size, num_depth_candidates)`, *optional*):
-            Depth-router weights alpha over H(1)..H(K) (H0 first when `depth_router_include_input`); None when K = 0.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-            Backbone hidden states, when `output_hidden_states=True`.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    expert_scores: torch.FloatTensor | None = None
-    routing_weights: torch.FloatTensor | None = None
-    depth_weights: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+        return AdaJudgeRewardOutput(
+            logits=responses_first(reward).unsqueeze(-1),  # (N * B, 1)
+            expert_scores=responses_first(expert_scores).float(),
+            routing_weights=responses_first(routing_weights),
+            depth_weights=None if depth_weights is None else responses_first(depth_weights),
+        )
 
 
 class AdaJudgePreTrainedModel(PreTrainedModel):
@@ -423,6 +492,8 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
 
     def __init__(self, config: AdaJudgeConfig):
         super().__init__(config)
+        # Inside `backbone_only_loading` (from a backbone checkpoint) the missing heads and an unused LM head are expected.
+        self._keys_to_ignore_on_load_missing, self._keys_to_ignore_on_load_unexpected = keys_to_ignore_on_load()
         self.model = AutoModel.from_config(config.text_config)
         self.judge_head = AdaJudgeHead(config)
         self.post_init()
@@ -444,118 +515,7 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
         integration (`load_adapter`), as for any PEFT folder, and stays unmerged. So the Auto classes, `pipeline` and
         TRL open every form by path or repo id. `revision` / `subfolder` apply to the judge, not to its backbone.
         """
-        source = str(pretrained_model_name_or_path)
-        base_override = kwargs.pop("base_model_name_or_path", None)
-        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
-        check_local_checkpoint(source, hub_kwargs.get("subfolder", ""))
-        heads_file = _resolve_file(source, JUDGE_HEADS_FILE, hub_kwargs)
-        is_split = heads_file is not None and not any(
-            _resolve_file(source, name, hub_kwargs) for name in FULL_WEIGHTS_FILES
-        )
-        if is_split:
-            return cls._from_split_checkpoint(source, heads_file, base_override, hub_kwargs, *model_args, **kwargs)
-        kwargs.setdefault("use_safetensors", True)
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-        )
-        # transformers only warns about missing weights and fills them at random: a judge would score garbage.
-        if info["missing_keys"]:
-            missing = sorted(info["missing_keys"])
-            raise ValueError(
-                f"{source} is missing {len(missing)} weight(s) of the judge, e.g. {missing[:5]}; a judge with random "
-                "weights in their place would give meaningless rewards. The checkpoint is incomplete or belongs to "
-                "another architecture: save it again with `save_judge` (or `adajudge train`), or to build a new "
-                "judge around a backbone use `AdaJudgeForRewardModeling.from_backbone`."
-            )
-        _refuse_non_finite(model.state_dict().items(), f"{source} (model.safetensors)")
-        return (model, info) if output_loading_info else model
-
-    @classmethod
-    def _from_split_checkpoint(cls, source, heads_file, base_override, hub_kwargs, *model_args, **kwargs):
-        """The heads and adapter forms: backbone from its own folder or repo, then the heads, then any LoRA adapter."""
-        config = kwargs.pop("config", None)
-        if not isinstance(config, PreTrainedConfig):
-            config = cls.config_class.from_pretrained(source, **hub_kwargs)
-            # Config fields given as keyword arguments (e.g. TRL's `num_labels=1`) update it, as in `from_pretrained`.
-            for key in [key for key in kwargs if hasattr(config, key) and key not in ("dtype", "torch_dtype")]:
-                setattr(config, key, kwargs.pop(key))
-        base = base_override or getattr(config, "base_model_name_or_path", None)
-        if not base:
-            raise ValueError(
-                f"{source}/config.json does not record the backbone (`base_model_name_or_path`); pass "
-                "`base_model_name_or_path=` (the Hub id or folder of the backbone)."
-            )
-        adapter_kwargs = {**hub_kwargs, **(kwargs.pop("adapter_kwargs", None) or {})}
-        adapter_kwargs.pop("_adapter_model_path", None)  # set by the Auto classes: it is `source` itself
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        for key in ("revision", "subfolder"):  # they name a state of the judge's repo, not of the backbone's
-            kwargs.pop(key, None)
-        kwargs.setdefault("use_safetensors", True)
-        check_local_checkpoint(str(base), "")
-        with cls.backbone_only_loading():
-            model, info = super().from_pretrained(base, *model_args, config=config, output_loading_info=True, **kwargs)
-        if info["missing_keys"]:  # the heads are ignored here (they come next); the backbone must be whole
-            missing = sorted(info["missing_keys"])
-            raise ValueError(
-                f"The backbone {base} is missing {len(missing)} weight(s) this judge needs, e.g. {missing[:5]}. "
-                f"Point `base_model_name_or_path=` at the backbone {source} was trained on."
-            )
-        model.judge_head.to(torch.float32)  # fresh heads are created in the load dtype; the file's values replace them
-        model.config.base_model_name_or_path = str(base)
-        if _resolve_file(source, "tokenizer_config.json", hub_kwargs):  # tools (TRL) load the tokenizer from here
-            model.config._name_or_path = model.name_or_path = source  # else from the backbone, as it stays
-        _refuse_non_finite(model.model.named_parameters(), f"the backbone {base}")
-
-        _check_safetensors(heads_file)
-        heads = load_state_dict(heads_file)
-        _refuse_non_finite(heads.items(), heads_file)
-        missing, unexpected = model.judge_head.load_state_dict(heads, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{heads_file} does not fit the judge described by its config.json: missing {missing[:5]}, unexpected "
-                f"{unexpected[:5]}. The heads file and config.json must come from the same `save_judge` call."
-            )
-
-        if find_adapter_config_file(source, **hub_kwargs) is not None:
-            if not is_peft_available():
-                raise ValueError(f"{source} holds a LoRA adapter (adapter_config.json); install `peft` to load it.")
-            adapter_file = _resolve_file(source, ADAPTER_WEIGHTS_FILE, hub_kwargs)
-            if adapter_file is None:
-                raise ValueError(f"{source} has an adapter_config.json but no {ADAPTER_WEIGHTS_FILE}.")
-            _check_safetensors(adapter_file)
-            adapter_info = model.load_adapter(source, adapter_kwargs=adapter_kwargs)
-            if adapter_info.missing_keys or adapter_info.unexpected_keys:
-                raise ValueError(
-                    f"{adapter_file} does not fit this judge: missing {sorted(adapter_info.missing_keys)[:5]}, "
-                    f"unexpected {sorted(adapter_info.unexpected_keys)[:5]}. Load it with the backbone it was "
-                    "trained on."
-                )
-            adapters = ((name, tensor) for name, tensor in model.named_parameters() if "lora_" in name)
-            _refuse_non_finite(adapters, adapter_file)
-        model.eval()
-        if output_loading_info:
-            return model, {
-                "missing_keys": set(),
-                "unexpected_keys": set(info["unexpected_keys"]),
-                "mismatched_keys": set(info["mismatched_keys"]),
-                "error_msgs": list(info["error_msgs"]),
-            }
-        return model
-
-    @classmethod
-    @contextmanager
-    def backbone_only_loading(cls) -> Iterator[None]:
-        """Load a backbone checkpoint into a judge quietly: the heads are expected to be missing (they are fresh or
-        come from a heads file next) and a causal-LM / seq-cls head to be unused. Scoped, like TRL's seq-cls loading:
-        never set on the class for good, which would hide a broken full checkpoint."""
-        saved = cls._keys_to_ignore_on_load_missing, cls._keys_to_ignore_on_load_unexpected
-        cls._keys_to_ignore_on_load_missing = [r"^judge_head\."]
-        cls._keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^score\."]
-        try:
-            yield
-        finally:
-            cls._keys_to_ignore_on_load_missing, cls._keys_to_ignore_on_load_unexpected = saved
+        return load_pretrained(cls, super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
 
     @classmethod
     def from_backbone(
@@ -572,100 +532,7 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
 
         Example: `AdaJudgeForRewardModeling.from_backbone("Qwen/Qwen3-8B", num_refinement_blocks=3, dtype="bfloat16")`
         """
-        # AdaJudge's own fields only: inherited ones such as `dtype` belong to `from_pretrained`.
-        config_fields = AdaJudgeConfig.__annotations__.keys() - {"text_config"}
-        config_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in config_fields}
-        hub_kwargs = {
-            key: kwargs[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs
-        }
-        if tokenizer is None:
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(backbone_name_or_path, **hub_kwargs)
-            except (OSError, ValueError):
-                logger.warning(
-                    f"No tokenizer found at {backbone_name_or_path}; pass `tokenizer=` to set the pad token."
-                )
-        if tokenizer is not None:
-            config_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-            if tokenizer.chat_template is not None and "response_template" not in config_kwargs:
-                config_kwargs["response_template"] = find_response_template(tokenizer)
-        text_config = AutoConfig.from_pretrained(backbone_name_or_path, **hub_kwargs)
-        config = AdaJudgeConfig(text_config=text_config, **config_kwargs)
-        with cls.backbone_only_loading():
-            model = cls.from_pretrained(backbone_name_or_path, config=config, **kwargs)
-        model.config.text_config.pad_token_id = config.pad_token_id
-        # Fresh heads are created in the load dtype; `_keep_in_fp32_modules_strict` only covers loaded tensors.
-        model.judge_head.to(torch.float32)
-        return model
-
-    def _locate_response(
-        self,
-        input_ids: torch.Tensor | None,
-        valid_mask: torch.Tensor,
-        response_mask: torch.Tensor | None,
-        prompt_lengths: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """(B, L) boolean mask of response tokens, by the precedence documented on the class."""
-        if response_mask is not None:
-            check_shape("response_mask", response_mask, valid_mask.shape, "one 0/1 flag per token, like `input_ids`")
-            response = response_mask.bool() & valid_mask
-        elif prompt_lengths is not None:
-            prompt_lengths = torch.as_tensor(prompt_lengths, device=valid_mask.device)
-            check_shape("prompt_lengths", prompt_lengths, valid_mask.shape[:1], "one prompt length per row")
-            valid_counts = valid_mask.sum(-1)  # (B,)
-            negative = (prompt_lengths < 0).nonzero().flatten().tolist()
-            if negative:
-                raise ValueError(
-                    f"`prompt_lengths` must be >= 0, got {prompt_lengths[negative].tolist()} in row(s) {negative}: a "
-                    "prompt length is the number of prompt tokens among the row's valid tokens."
-                )
-            too_long = (prompt_lengths >= valid_counts).nonzero().flatten().tolist()
-            if too_long:
-                raise ValueError(
-                    f"`prompt_lengths` {prompt_lengths[too_long].tolist()} in row(s) {too_long} leave no response: "
-                    f"those rows have only {valid_counts[too_long].tolist()} valid token(s). A prompt length counts the "
-                    "prompt tokens among the tokens `attention_mask` keeps; check that truncation kept the response."
-                )
-            valid_index = valid_mask.long().cumsum(-1)  # (B, L): 1-based index among valid tokens
-            response = valid_mask & (valid_index > prompt_lengths[:, None])
-        elif self.config.response_template is not None and input_ids is not None:
-            response = self._response_after_template(input_ids, valid_mask)
-        else:
-            logger.warning_once(
-                "AdaJudge got no `response_mask`, `prompt_lengths` or `config.response_template`: every token is "
-                "treated as response and the prompt context z_P is zero. Pass the boundary for prompt-aware routing."
-            )
-            response = valid_mask
-        empty = (~response.any(-1)).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(
-                f"Row(s) {empty} have an empty response: no valid token is marked as response. Every example needs a "
-                "non-empty response; check the data and that truncation kept the end of the response."
-            )
-        return response
-
-    def _response_after_template(self, input_ids: torch.Tensor, valid_mask: torch.Tensor) -> torch.Tensor:
-        """Response = the valid tokens after the last occurrence of `config.response_template` in each row."""
-        template = torch.tensor(self.config.response_template, device=input_ids.device)
-        width, seq_len = template.numel(), input_ids.shape[1]
-        if seq_len < width:
-            found = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-            starts = torch.zeros_like(found, dtype=torch.long)
-        else:
-            windows = input_ids.unfold(1, width, 1)  # (B, L - w + 1, w)
-            hits = (windows == template).all(-1) & valid_mask.unfold(1, width, 1).all(-1)  # (B, L - w + 1)
-            found = hits.any(-1)
-            starts = hits.shape[1] - 1 - hits.int().flip(-1).argmax(-1)  # (B,) last hit
-        positions = torch.arange(seq_len, device=input_ids.device)
-        response = valid_mask & (positions[None] >= (starts + width)[:, None])
-        if not bool(found.all()):
-            logger.warning_once(
-                f"`config.response_template` {self.config.response_template} was not found in "
-                f"{int((~found).sum())} row(s): those rows are scored as all-response with no prompt context. "
-                "Render prompts with the same chat template as the judge, or pass `response_mask`."
-            )
-            response = torch.where(found[:, None], response, valid_mask)
-        return response
+        return load_from_backbone(cls, backbone_name_or_path, tokenizer, **kwargs)
 
     def forward(
         self,
@@ -708,17 +575,19 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
         if input_ids is not None:
             self._check_token_ids(input_ids)
         reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-        valid_mask = self._valid_mask(reference, attention_mask)
-        layout = self._layout(input_ids, valid_mask, response_mask, prompt_lengths, segment_ids)
+        valid_mask = valid_token_mask(reference, attention_mask)
+        layout = AdaJudgeLayout.from_inputs(
+            self.config, valid_mask, input_ids, response_mask, prompt_lengths, segment_ids
+        )
         if position_ids is None:
-            position_ids = layout["position_ids"]
+            position_ids = layout.position_ids
         self._warn_beyond_max_positions(position_ids)
-        if layout["block_mask"] is not None and segment_ids is not None:
+        if layout.block_mask is not None and segment_ids is not None:
             # Additive float mask: eager attention adds it to the scores, SDPA accepts it as is.
             backbone_dtype = self.model.get_input_embeddings().weight.dtype
-            backbone_mask = torch.zeros(layout["block_mask"].shape, dtype=backbone_dtype, device=valid_mask.device)
-            backbone_mask.masked_fill_(~layout["block_mask"], torch.finfo(backbone_dtype).min)
-        elif layout["block_mask"] is None:
+            backbone_mask = torch.zeros(layout.block_mask.shape, dtype=backbone_dtype, device=valid_mask.device)
+            backbone_mask.masked_fill_(~layout.block_mask, torch.finfo(backbone_dtype).min)
+        elif layout.block_mask is None:
             backbone_mask = None  # no padding: the backbone takes its fast causal path
         else:
             backbone_mask = valid_mask.long()
@@ -731,7 +600,7 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        output = self._score(outputs.last_hidden_state, layout)
+        output = self.judge_head.score(outputs.last_hidden_state, layout)
         output.hidden_states = outputs.hidden_states
         if labels is not None:
             output.loss = F.mse_loss(output.logits.squeeze(-1), labels.float().view(-1))
@@ -751,10 +620,16 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
         Takes the same boundary inputs as `forward` (`input_ids` only serves `config.response_template`) and gives the
         same outputs as `forward` on the tokens that produced `hidden_states`.
         """
-        valid_mask = self._valid_mask(hidden_states[..., 0], attention_mask)
-        return self._score(
-            hidden_states, self._layout(input_ids, valid_mask, response_mask, prompt_lengths, segment_ids)
+        valid_mask = valid_token_mask(hidden_states[..., 0], attention_mask)
+        layout = AdaJudgeLayout.from_inputs(
+            self.config, valid_mask, input_ids, response_mask, prompt_lengths, segment_ids
         )
+        return self.judge_head.score(hidden_states, layout)
+
+    @property
+    def supports_packed_inputs(self) -> bool:
+        """Whether `segment_ids` (shared-prompt packing) applies: causal refinement and a backbone that takes 4-D masks."""
+        return supports_packed_inputs(self.config)
 
     def _check_token_ids(self, input_ids: torch.Tensor) -> None:
         """Token ids beyond the embedding (a tokenizer larger than the judge's) fail deep inside it; name the fix."""
@@ -778,106 +653,11 @@ class AdaJudgeForRewardModeling(AdaJudgePreTrainedModel):
                 "tokens (e.g. `max_length` of the tokenizer or data collator)."
             )
 
-    @staticmethod
-    def _valid_mask(reference: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, L) boolean mask of real tokens; rows with none are an error."""
-        if attention_mask is None:
-            return torch.ones(reference.shape[:2], dtype=torch.bool, device=reference.device)
-        valid_mask = attention_mask.bool()
-        padding_rows = (~valid_mask.any(-1)).nonzero().flatten().tolist()
-        if padding_rows:
-            raise ValueError(f"Row(s) {padding_rows} of `attention_mask` are all padding: there is nothing to score.")
-        return valid_mask
 
-    def _layout(
-        self,
-        input_ids: torch.Tensor | None,
-        valid_mask: torch.Tensor,
-        response_mask: torch.Tensor | None,
-        prompt_lengths: torch.Tensor | None,
-        segment_ids: torch.Tensor | None,
-    ) -> dict[str, torch.Tensor | None]:
-        """Masks and positions for plain rows (one response each) or packed rows (shared prompt, N responses)."""
-        if segment_ids is not None:
-            check_shape("segment_ids", segment_ids, valid_mask.shape, "one segment id per token, like `input_ids`")
-            prompt_mask, response_masks, block_mask, position_ids = self._packed_layout(segment_ids, valid_mask)
-            context_masks = response_masks | prompt_mask[:, None]  # (B, N, L)
-        else:
-            response = self._locate_response(input_ids, valid_mask, response_mask, prompt_lengths)  # (B, L)
-            prompt_mask = valid_mask & ~response
-            response_masks, context_masks = response[:, None], valid_mask[:, None]  # (B, 1, L)
-            causal = self.config.refinement_attention == "causal"
-            block_mask = None if bool(valid_mask.all()) else attention_allowed(valid_mask, causal)
-            # Count positions from the first valid token, so left padding changes nothing.
-            position_ids = (valid_mask.long().cumsum(-1) - 1).clamp_min(0)
-        return {
-            "prompt_mask": prompt_mask,
-            "response_masks": response_masks,
-            "context_masks": context_masks,
-            "block_mask": block_mask,
-            "position_ids": position_ids,
-        }
-
-    def _score(self, hidden_states: torch.Tensor, layout: dict[str, torch.Tensor | None]) -> AdaJudgeRewardOutput:
-        head_dtype = next(self.judge_head.parameters()).dtype
-        # Mixed precision, as Trainer's `bf16=True` does: fp32 heads behind a half-precision backbone run their matmuls
-        # in that dtype (fp32 matmuls are many times slower on tensor-core GPUs). Half-precision heads (`.to(bf16)`)
-        # take the states in their own dtype. Either way norms, masked means' weights, the routers' softmaxes and the
-        # reward are computed in fp32.
-        half = hidden_states.dtype in (torch.bfloat16, torch.float16) and head_dtype == torch.float32
-        with torch.autocast(hidden_states.device.type, dtype=hidden_states.dtype, enabled=half):
-            reward, expert_scores, routing_weights, depth_weights = self.judge_head(
-                hidden_states if half else hidden_states.to(head_dtype),
-                layout["prompt_mask"],
-                layout["response_masks"],
-                layout["context_masks"],
-                layout["block_mask"],
-            )
-
-        def responses_first(tensor: torch.Tensor) -> torch.Tensor:  # (B, N, ...) -> (N * B, ...)
-            return tensor.transpose(0, 1).reshape(-1, *tensor.shape[2:])
-
-        return AdaJudgeRewardOutput(
-            logits=responses_first(reward).unsqueeze(-1),  # (N * B, 1)
-            expert_scores=responses_first(expert_scores).float(),
-            routing_weights=responses_first(routing_weights),
-            depth_weights=None if depth_weights is None else responses_first(depth_weights),
-        )
-
-    @property
-    def supports_packed_inputs(self) -> bool:
-        """Whether `segment_ids` (shared-prompt packing) applies: causal refinement and a backbone that takes 4-D masks."""
-        attention = self.config.text_config._attn_implementation
-        return self.config.refinement_attention == "causal" and attention in ("eager", "sdpa")
-
-    def _packed_layout(
-        self, segment_ids: torch.Tensor, valid_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prompt mask (B, L), response masks (B, N, L), attention mask (B, 1, L, L), positions (B, L) of packed rows."""
-        if not self.supports_packed_inputs:
-            raise ValueError(
-                "Packed inputs (`segment_ids`) need causal refinement blocks and an eager or SDPA backbone, got "
-                f"refinement_attention={self.config.refinement_attention!r} and attention implementation "
-                f"{self.config.text_config._attn_implementation!r}. Score these rows unpacked instead."
-            )
-        segment_ids = segment_ids.masked_fill(~valid_mask, -1)
-        num_responses = int(segment_ids.max())
-        segments = torch.arange(1, num_responses + 1, device=segment_ids.device)
-        response_masks = segment_ids[:, None, :] == segments[None, :, None]  # (B, N, L)
-        missing = (~response_masks.any(-1)).nonzero().tolist()
-        if num_responses < 1 or missing:
-            raise ValueError(
-                f"Every packed row needs responses 1..{num_responses} in `segment_ids`; (row, response) pairs "
-                f"{[(row, response + 1) for row, response in missing]} are empty."
-            )
-        prompt_mask = segment_ids == 0  # (B, L)
-        # Positions: the prompt counts from 0, each response continues from the end of the prompt.
-        one_hot = F.one_hot(segment_ids.clamp_min(0), num_responses + 1) * valid_mask[..., None]  # (B, L, N + 1)
-        own_count = one_hot.cumsum(1).gather(-1, segment_ids.clamp_min(0)[..., None]).squeeze(-1)  # (B, L)
-        prompt_length = one_hot[..., 0].sum(-1, keepdim=True)  # (B, 1)
-        positions = (own_count - 1 + (segment_ids > 0) * prompt_length).clamp_min(0)
-        block_mask = attention_allowed(valid_mask, causal=True, segment_ids=segment_ids)
-        return prompt_mask, response_masks, block_mask, positions
-
-
-__all__ = ["AdaJudgeForRewardModeling", "AdaJudgePreTrainedModel", "AdaJudgeRewardOutput", "find_response_template"]
+__all__ = [
+    "AdaJudgeForRewardModeling",
+    "AdaJudgeHead",
+    "AdaJudgeLayout",
+    "AdaJudgePreTrainedModel",
+    "AdaJudgeRewardOutput",
+]

@@ -1,9 +1,14 @@
 """AdaJudgeForRewardModeling: invariances, initialisation, pooling, save/load, registration and bad inputs."""
 
+import importlib
+import importlib.util
 import json
 import math
 import subprocess
 import sys
+import threading
+import time
+import types
 
 import pytest
 import torch
@@ -14,7 +19,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from transformers.utils import logging
 
 from adajudge_hf import AdaJudgeConfig, AdaJudgeForRewardModeling
-from adajudge_hf.modeling.modeling_adajudge import find_response_template
+from adajudge_hf.modeling import REMOTE_CODE_FILES, find_response_template
+from adajudge_hf.modeling.loading_adajudge import backbone_only_loading
+from adajudge_hf.modeling.modeling_adajudge import AdaJudgeHead, AdaJudgeLayout
 from adajudge_hf.packing import pad_packed
 from adajudge_hf.testing import make_tiny_backbone_config, make_tiny_tokenizer, save_tiny_causal_lm
 from adajudge_hf.tokenization import encode_prompt_response
@@ -320,7 +327,7 @@ def test_save_and_load_round_trip_through_auto_classes(make_judge, tiny_tokenize
     expected = model(**inputs).logits
     model.save_pretrained(tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["config.json", "configuration_adajudge.py", "model.safetensors", "modeling_adajudge.py"]
+    assert files == sorted(["config.json", "model.safetensors", *REMOTE_CODE_FILES])
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification"}
     for auto_class in (AutoModel, AutoModelForSequenceClassification):
@@ -365,6 +372,39 @@ def test_from_backbone_loads_backbone_weights_and_fresh_heads(tmp_path):
     assert judge.config.pooling == "mean" and judge.config.num_refinement_blocks == 1
     assert judge.config.pad_token_id == 0 and judge.config.response_template is not None
     assert judge.judge_head.refinement_blocks[0].attn_out.weight.abs().sum() == 0
+
+
+def test_backbone_only_loading_is_scoped_to_its_thread(make_judge, tmp_path):
+    """A full checkpoint missing its heads is refused in one thread while another thread loads a backbone into a
+    judge (where missing heads are expected): the switch is a context variable, not state on the class."""
+    full = tmp_path / "full"
+    make_judge().save_pretrained(full)
+    weights = load_file(full / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("judge_head.")}, full / "model.safetensors")
+    inside, errors = threading.Event(), []
+
+    def load_backbone_only():
+        with backbone_only_loading():
+            inside.set()
+            AdaJudgeForRewardModeling.from_pretrained(full)  # missing heads ignored here
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=lambda: errors.extend(_capture(load_backbone_only)))
+    thread.start()
+    inside.wait(timeout=30)
+    with pytest.raises(ValueError, match="missing .* weight"):
+        AdaJudgeForRewardModeling.from_pretrained(full)
+    thread.join()
+    assert errors == []
+    assert AdaJudgeForRewardModeling._keys_to_ignore_on_load_missing is None
+
+
+def _capture(function) -> list[BaseException]:
+    try:
+        function()
+    except BaseException as error:  # reported by the main thread
+        return [error]
+    return []
 
 
 def test_from_backbone_in_bf16_keeps_heads_in_fp32(tmp_path):
@@ -578,3 +618,78 @@ def test_missing_head_tensor_is_reported(make_judge, tmp_path):
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"missing 1 weight\(s\) of the judge, e.g. \['judge_head.pooling_router"):
         AdaJudgeForRewardModeling.from_pretrained(tmp_path, output_loading_info=True)
+
+
+HEAD_SCORE, LAYOUT = AdaJudgeHead.score, AdaJudgeLayout.from_inputs
+VLLM_MODULES = (
+    "vllm",
+    "vllm.config",
+    "vllm.model_executor",
+    "vllm.model_executor.layers",
+    "vllm.model_executor.layers.logits_processor",
+    "vllm.model_executor.layers.pooler",
+    "vllm.model_executor.layers.pooler.seqwise",
+    "vllm.model_executor.layers.vocab_parallel_embedding",
+    "vllm.model_executor.models",
+    "vllm.model_executor.models.interfaces_base",
+    "vllm.model_executor.models.utils",
+    "vllm.sequence",
+    "vllm.v1",
+    "vllm.v1.pool",
+    "vllm.v1.pool.metadata",
+)
+
+
+class _VllmName:
+    """Stands in for any name `adajudge_hf.vllm.model` imports from vLLM: a base class, a value, or a decorator."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, decorated=None, *args, **kwargs):
+        return decorated
+
+
+class _VllmModule(types.ModuleType):
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _VllmName
+
+
+def vllm_judge_class(monkeypatch):
+    """`adajudge_hf.vllm.model.AdaJudgeForRewardModeling`, imported with vLLM's names stood in where vLLM is absent."""
+    if importlib.util.find_spec("vllm") is None:
+        for name in VLLM_MODULES:
+            monkeypatch.setitem(sys.modules, name, _VllmModule(name))
+        monkeypatch.setitem(sys.modules, "adajudge_hf.vllm.model", None)  # re-imported now, forgotten afterwards
+        del sys.modules["adajudge_hf.vllm.model"]
+    return importlib.import_module("adajudge_hf.vllm.model").AdaJudgeForRewardModeling
+
+
+def test_the_vllm_model_scores_through_the_heads_public_interface(make_judge, tiny_tokenizer, monkeypatch):
+    """The vLLM model keeps no copy of the layout or scoring code: its rewards of backbone states go through
+    `AdaJudgeLayout.from_inputs` and `AdaJudgeHead.score`, the transformers model's own path, and equal its rewards."""
+    vllm_class = vllm_judge_class(monkeypatch)
+    copies = {"_layout", "_locate_response", "_response_after_template", "_score", "_packed_layout"}
+    assert not copies & set(vars(vllm_class))
+    judge = randomize_head(make_judge(response_template=find_response_template(tiny_tokenizer)))
+    scored = []
+    monkeypatch.setattr(AdaJudgeHead, "score", lambda head, *args: scored.append(args) or HEAD_SCORE(head, *args))
+    layouts = []
+    monkeypatch.setattr(
+        AdaJudgeLayout, "from_inputs", classmethod(lambda cls, *a, **k: layouts.append(a) or LAYOUT(*a, **k))
+    )
+    vllm_judge = vllm_class.__new__(vllm_class)
+    torch.nn.Module.__init__(vllm_judge)
+    vllm_judge.config, vllm_judge.judge_head = judge.config, judge.judge_head
+
+    sequences = [torch.tensor(ids) for ids, _ in encode(tiny_tokenizer)]
+    with torch.no_grad():
+        states = [judge.model(input_ids=ids[None]).last_hidden_state[0] for ids in sequences]
+        rewards = vllm_judge.rewards(states, sequences)
+        assert len(scored) == len(layouts) == 1
+        input_ids, attention_mask, _ = pad_batch([(ids.tolist(), 0) for ids in sequences], 0)
+        expected = judge(input_ids=input_ids, attention_mask=attention_mask).logits  # response after the template
+    assert len(scored) == len(layouts) == 2
+    torch.testing.assert_close(rewards, expected, atol=1e-5, rtol=0)

@@ -21,6 +21,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from .modeling.tokenization_adajudge import chat_ids
+
 
 Messages = list[dict[str, Any]]
 
@@ -32,14 +34,6 @@ class EncodedExample:
     input_ids: list[int]
     prompt_length: int
     truncated: bool = False
-
-
-def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: Messages, add_generation_prompt: bool) -> list[int]:
-    # `apply_chat_template` returns a dict (transformers >= 5) or a list depending on version and arguments.
-    encoded = tokenizer.apply_chat_template(
-        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
-    )
-    return list(encoded["input_ids"])
 
 
 def align_formats(
@@ -84,8 +78,8 @@ def encode_prompt_response(
         if not response or not any(str(message.get("content", "")).strip() for message in response):
             raise ValueError("Empty response: the response messages have no content. Drop or fix this row.")
         prompt_messages = list(prompt or [])
-        input_ids = _chat_ids(tokenizer, prompt_messages + list(response), add_generation_prompt=False)
-        prompt_ids = _chat_ids(tokenizer, prompt_messages, add_generation_prompt=True) if prompt_messages else []
+        input_ids = chat_ids(tokenizer, prompt_messages + list(response), add_generation_prompt=False)
+        prompt_ids = chat_ids(tokenizer, prompt_messages, add_generation_prompt=True) if prompt_messages else []
         if input_ids[: len(prompt_ids)] != prompt_ids:
             raise ValueError(
                 "The chat template renders the prompt differently on its own than inside the full conversation, so "

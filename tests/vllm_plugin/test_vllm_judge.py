@@ -29,7 +29,7 @@ from vllm import LLM  # noqa: E402
 
 from adajudge_hf import AdaJudgeConfig, AdaJudgeForRewardModeling, save_judge  # noqa: E402
 from adajudge_hf.backbones import DEFAULT_BACKBONE, resolve_backbone  # noqa: E402
-from adajudge_hf.modeling.modeling_adajudge import find_response_template  # noqa: E402
+from adajudge_hf.modeling import find_response_template  # noqa: E402
 from adajudge_hf.testing import free_port, make_tiny_backbone_config, make_tiny_tokenizer  # noqa: E402
 from adajudge_hf.vllm.model import MERGE_FIRST, refuse_split_checkpoint  # noqa: E402
 

@@ -25,7 +25,7 @@ from transformers import (
 from ..checkpoint import load_judge
 from ..cli import accept_underscore_flags
 from ..modeling import AdaJudgeConfig
-from ..modeling.modeling_adajudge import check_local_checkpoint
+from ..modeling.loading_adajudge import check_local_checkpoint
 from .data import BENCHMARKS, JUDGEBENCH_SPLITS
 from .progress import ScoringInterrupted
 from .report import LENGTH_BASELINE, evaluate_length_baseline, evaluate_model, format_summary

@@ -9,13 +9,12 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
 from .. import __version__
 from ..checkpoint import ADAPTER_CONFIG_FILE, adapter_config_for_repo
 from ..evaluation.provenance import WEIGHTS_SUFFIX
+from ..modeling import REMOTE_CODE_FILES
 from .cards import _checkpoint_card
 from .folders import _REPO_ID, Evaluation, check_checkpoint, check_evaluations_match, read_evaluations
 
 
 logger = logging.getLogger(__name__)
-
-REMOTE_CODE_FILES = ("configuration_adajudge.py", "modeling_adajudge.py")
 
 
 def _upload_operations(folder: Path, form: str, evaluations: list[Evaluation]) -> list[CommitOperationAdd]:

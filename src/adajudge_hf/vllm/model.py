@@ -2,14 +2,14 @@
 
 The backbone is the vLLM class of the judge's `text_config` (Llama, Qwen3, ... whatever vLLM's registry resolves for
 that model type), built without its LM head. Its last hidden states H0 of each finished sequence go to the very
-`AdaJudgeHead` of `adajudge_hf.modeling` through the transformers model's own layout and scoring code (response
-located after `config.response_template`), so the reward is the transformers reward. It is served as the `classify`
-task with one label and no activation: `/classify`, `/pooling` and `LLM.classify` return raw rewards.
+`AdaJudgeHead` of `adajudge_hf.modeling` through its public interface, `AdaJudgeLayout.from_inputs` (response located
+after `config.response_template`) and `AdaJudgeHead.score`, as the transformers model does, so the reward is the
+transformers reward. It is served as the `classify` task with one label and no activation: `/classify`, `/pooling`
+and `LLM.classify` return raw rewards.
 
 Shapes: T tokens of a step (all sequences concatenated), B sequences, L longest sequence, D hidden size.
 """
 
-import os
 from collections.abc import Callable, Iterable, Set
 
 import torch
@@ -34,12 +34,8 @@ from vllm.sequence import IntermediateTensors
 from vllm.v1.pool.metadata import PoolingMetadata
 
 from ..modeling.configuration_adajudge import AdaJudgeConfig
-from ..modeling.modeling_adajudge import (
-    FULL_WEIGHTS_FILES,
-    JUDGE_HEADS_FILE,
-    AdaJudgeHead,
-)
-from ..modeling.modeling_adajudge import AdaJudgeForRewardModeling as TransformersJudge
+from ..modeling.loading_adajudge import folder_form
+from ..modeling.modeling_adajudge import AdaJudgeHead, AdaJudgeLayout
 
 
 MERGE_FIRST = (
@@ -51,12 +47,8 @@ MERGE_FIRST = (
 
 def refuse_split_checkpoint(model_path: str) -> None:
     """Raise a ValueError for the heads and adapter forms, whose backbone is not in the folder."""
-    if not os.path.isdir(model_path):
-        return
-    has_heads = os.path.isfile(os.path.join(model_path, JUDGE_HEADS_FILE))
-    has_full = any(os.path.isfile(os.path.join(model_path, name)) for name in FULL_WEIGHTS_FILES)
-    if has_heads and not has_full:
-        form = "adapter" if os.path.isfile(os.path.join(model_path, "adapter_config.json")) else "heads"
+    form = folder_form(model_path)
+    if form in ("heads", "adapter"):
         raise ValueError(f"{model_path} holds a judge in the {form!r} form (no backbone weights). {MERGE_FIRST}")
 
 
@@ -110,13 +102,6 @@ class AdaJudgeForRewardModeling(nn.Module):
     # Checkpoint names: `model.*` is the transformers base model, `judge_head.*` the heads.
     hf_to_vllm_mapper = WeightsMapper(orig_to_new_prefix={"model.": "language_model.model."})
 
-    # The transformers model's layout and scoring code, reused as is: one source of truth for the reward. They need
-    # `self.config` (an AdaJudgeConfig) and `self.judge_head`.
-    _layout = TransformersJudge._layout
-    _locate_response = TransformersJudge._locate_response
-    _response_after_template = TransformersJudge._response_after_template
-    _score = TransformersJudge._score
-
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
         model_config = vllm_config.model_config
@@ -164,8 +149,9 @@ class AdaJudgeForRewardModeling(nn.Module):
         input_ids = pad_sequence([ids.to(device) for ids in token_ids], batch_first=True)  # (B, L)
         lengths = torch.tensor([len(s) for s in states], device=device)
         valid_mask = torch.arange(hidden_states.shape[1], device=device)[None] < lengths[:, None]  # (B, L)
-        layout = self._layout(input_ids, valid_mask, None, None, None)
-        return self._score(hidden_states, layout).logits  # (B, 1), fp32
+        # The transformers model's layout and heads, as they are: one source of truth for the reward.
+        layout = AdaJudgeLayout.from_inputs(self.config, valid_mask, input_ids=input_ids)
+        return self.judge_head.score(hidden_states, layout).logits  # (B, 1), fp32
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         loaded = AutoWeightsLoader(self).load_weights(weights, mapper=self.hf_to_vllm_mapper)
