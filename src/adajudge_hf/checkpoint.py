@@ -48,16 +48,15 @@ from transformers import PreTrainedTokenizerBase
 
 from .lora import HEAD_MODULE, merge_loaded_adapters
 from .modeling import AdaJudgeConfig, AdaJudgeForRewardModeling
-from .modeling.modeling_adajudge import (
+from .modeling.loading_adajudge import (
+    ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
-    FULL_WEIGHTS_FILES,
-    JUDGE_HEADS_FILE,
+    HEADS_FILE,
     check_local_checkpoint,
+    folder_form,
 )
 
 
-HEADS_FILE = JUDGE_HEADS_FILE
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 SAVE_FORMS = ("adapter", "heads", "full")
 
 
@@ -224,13 +223,8 @@ def detect_judge_form(path: str | os.PathLike) -> str:
             f"{path} holds a {model_type!r} model, not an AdaJudge judge. To build a judge around this backbone use "
             "`AdaJudgeForRewardModeling.from_backbone(path)`."
         )
-    if (path / ADAPTER_CONFIG_FILE).is_file():
-        form = "adapter"
-    elif any((path / name).is_file() for name in FULL_WEIGHTS_FILES):
-        return "full"
-    else:
-        form = "heads"
-    if not (path / HEADS_FILE).is_file():
+    form = folder_form(path)
+    if form is None:
         raise ValueError(
             f"{path} has no {HEADS_FILE} (and no full model.safetensors), so the judge's heads are missing. Refusing "
             "to load a judge with randomly initialised heads; re-save it with `save_judge`."
