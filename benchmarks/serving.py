@@ -139,7 +139,7 @@ def offline_bound(judge_folder: Path, items: list[tuple[str, str]], group_size: 
     judge = load_judge(judge_folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(judge_folder)
     encoder = ItemEncoder(tokenizer)
-    encoded = [encoder.from_query(query, prompt) for query, prompt in items]
+    encoded = [encoder.from_query(query, prompt)[0] for query, prompt in items]
     batcher = DynamicBatcher(judge, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
     @torch.inference_mode()

@@ -267,7 +267,7 @@ def test_faults_answer_4xx_5xx_with_a_message_and_the_server_keeps_serving(judge
                 "not its prompt": await post("/get_reward", json={"query": ["hello"], "prompts": ["bye"]}),
                 "empty response": await post("/score", json={"prompt": "Hi", "response": "  "}),
                 "both fields": await post("/score", json={"prompt": "Hi", "response": "a", "responses": ["b"]}),
-                "full queue": await post("/get_reward", json={"query": good["query"] * 9}),
+                "more than the queue": await post("/get_reward", json={"query": good["query"] * 9}),
                 "long": await post("/score", json={"prompt": "word " * 60, "response": " end"}),
                 "failing pass": await post("/get_reward", json=poisoned),
                 "after": await post("/get_reward", json=good),
@@ -276,8 +276,8 @@ def test_faults_answer_4xx_5xx_with_a_message_and_the_server_keeps_serving(judge
 
     answers = asyncio.run(run())
     expected = {
-        "malformed": 400, "wrong type": 422, "mismatch": 422, "not its prompt": 422,
-        "empty response": 422, "both fields": 422, "full queue": 503, "long": 200, "failing pass": 500, "after": 200,
+        "malformed": 400, "wrong type": 422, "mismatch": 422, "not its prompt": 200,
+        "empty response": 422, "both fields": 422, "more than the queue": 200, "long": 200, "failing pass": 500, "after": 200,
     }  # fmt: skip
     assert {name: answer.status_code for name, answer in answers.items()} == expected
     for name, answer in answers.items():
@@ -285,7 +285,7 @@ def test_faults_answer_4xx_5xx_with_a_message_and_the_server_keeps_serving(judge
             assert answer.json()["error"], name
     assert "prompts" in answers["mismatch"].json()["error"]
     assert "simulated failure" in answers["failing pass"].json()["error"]
-    assert int(answers["full queue"].headers["Retry-After"]) >= 1
+    assert len(answers["more than the queue"].json()["rewards"]) == 9  # admitted in parts, not refused forever
     assert answers["long"].json()["truncated"] is True
     cut = score_responses(judge, chatml, ["word " * 60], [" end"], max_length=48, show_progress=False)
     assert answers["long"].json()["reward"] == pytest.approx(cut.rewards[0].item(), abs=1e-5)

@@ -17,9 +17,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from .batching import length_buckets, padding_id
 from .loss import adajudge_loss
 from .modeling import AdaJudgeForRewardModeling
-from .packing import encode_packed
+from .packing import encode_packed, pad_packed
 
 
 @dataclass
@@ -29,18 +30,6 @@ class PackedFeatures:
     hidden_states: torch.Tensor
     segment_ids: torch.Tensor
     truncated: bool = False
-
-
-def _length_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length whose padded size stays within `max_tokens`."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches, current = [], []
-    for index in order:
-        if current and lengths[index] * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current = []
-        current.append(index)
-    return batches + [current] if current else batches
 
 
 def extract_features(
@@ -58,9 +47,7 @@ def extract_features(
     halves the memory; heads compute in fp32).
     """
     rows = [encode_packed(tokenizer, prompt, responses, max_length) for prompt, responses in groups]
-    return features_of_packed_rows(
-        model, rows, tokenizer.pad_token_id or 0, max_tokens_per_batch, dtype, show_progress
-    )
+    return features_of_packed_rows(model, rows, padding_id(tokenizer), max_tokens_per_batch, dtype, show_progress)
 
 
 @torch.inference_mode()
@@ -77,22 +64,10 @@ def features_of_packed_rows(
     features: list[PackedFeatures | None] = [None] * len(rows)
     lengths = [len(ids) for ids, _, _ in rows]
     progress = tqdm(total=sum(lengths), unit="tok", desc="backbone features", disable=not show_progress)
-    for batch in _length_batches(lengths, max_tokens_per_batch):
-        width = max(lengths[i] for i in batch)
-        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-        segment_ids = torch.zeros_like(input_ids)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, index in enumerate(batch):
-            ids, segments, _ = rows[index]
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            segment_ids[row, : len(ids)] = torch.tensor(segments)
-            attention_mask[row, : len(ids)] = 1
-        output = model(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            segment_ids=segment_ids.to(device),
-            output_hidden_states=True,
-        )
+    for batch in length_buckets(lengths, max_tokens_per_batch):
+        inputs = pad_packed([rows[index][:2] for index in batch], pad_token_id)  # (B, L) each
+        segment_ids = inputs["segment_ids"]
+        output = model(**{key: value.to(device) for key, value in inputs.items()}, output_hidden_states=True)
         hidden = output.hidden_states[-1]  # (B, L, D) final normed backbone states
         for row, index in enumerate(batch):
             features[index] = PackedFeatures(

@@ -19,6 +19,16 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from ..batching import (
+    DEFAULT_BATCH_TOKENS,
+    depth_candidate_names,
+    eval_mode,
+    item_scores,
+    length_buckets,
+    packed_output_order,
+    padding_id,
+    prompt_groups,
+)
 from ..modeling import AdaJudgeConfig
 from ..packing import encode_packed, pad_packed
 from ..tokenization import EncodedExample, Messages, encode_prompt_response
@@ -26,9 +36,6 @@ from .progress import ScoringInterrupted, ScoringProgress, run_key
 
 
 logger = logging.get_logger(__name__)
-
-DEFAULT_BATCH_TOKENS = 8192
-"""Default budget of padded tokens (rows x longest row) per forward pass."""
 
 
 @dataclass
@@ -95,46 +102,9 @@ def is_adajudge(model: torch.nn.Module) -> bool:
     return getattr(getattr(model, "config", None), "model_type", None) == AdaJudgeConfig.model_type
 
 
-def depth_candidate_names(config: AdaJudgeConfig) -> tuple[str, ...]:
-    """Names of the depth router's candidates, in the order of `depth_weights`: H(0) (when enabled), H(1)..H(K)."""
-    first = 0 if config.depth_router_include_input else 1
-    return tuple(f"H({k})" for k in range(first, config.num_refinement_blocks + 1))
-
-
-def length_buckets(lengths: Sequence[int], batch_tokens: int, max_padding: float | None = None) -> list[list[int]]:
-    """Group example indices into batches of similar length, longest first.
-
-    Each batch holds as many examples as fit `batch_tokens` padded tokens (rows x longest row); an example longer than
-    the budget gets a batch of its own. Longest first, so an out-of-memory error shows up at once, not at the end.
-    `max_padding` (a fraction of the batch's padded tokens; None: no limit) starts a new batch rather than pad more:
-    a few rows of very different lengths, as a server step holds, would otherwise spend much of a pass on padding,
-    which on a CPU costs as much as real tokens while the larger batch buys little.
-    """
-    if batch_tokens < 1:
-        raise ValueError(f"`batch_tokens` must be >= 1, got {batch_tokens}.")
-    if max_padding is not None and not 0 <= max_padding < 1:
-        raise ValueError(
-            f"`max_padding` must be in [0, 1) (a fraction of a batch's tokens) or None, got {max_padding}."
-        )
-    order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
-    batches: list[list[int]] = []
-    real_tokens = 0  # of the last batch
-    for index in order:
-        if batches:
-            padded = (len(batches[-1]) + 1) * lengths[batches[-1][0]]
-            padding = padded - real_tokens - lengths[index]
-            if padded <= batch_tokens and (max_padding is None or padding <= max_padding * padded):
-                batches[-1].append(index)
-                real_tokens += lengths[index]
-                continue
-        batches.append([index])
-        real_tokens = lengths[index]
-    return batches
-
-
 def _padding_id(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, adajudge: bool) -> int:
-    if adajudge:  # AdaJudge reads positions from the attention mask: any id works
-        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if adajudge:
+        return padding_id(tokenizer)
     # A stock `*ForSequenceClassification` reads the reward at the last token that is not `config.pad_token_id`,
     # so padding must use exactly that id.
     pad_token_id = model.config.get_text_config().pad_token_id
@@ -172,17 +142,8 @@ def _score_batches(
         inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
         if adajudge:
             inputs["prompt_lengths"] = torch.tensor([encoded[index].prompt_length for index in batch], device=device)
-        outputs = model(**inputs)
-        logits = outputs.logits.float().reshape(len(batch), -1)  # (B, num_labels)
-        if logits.shape[1] != 1:
-            raise ValueError(
-                f"The model returns {logits.shape[1]} logits per sequence; a reward model returns one (num_labels=1)."
-            )
-        rewards = logits[:, 0].cpu().tolist()
-        pis = outputs.routing_weights.float().cpu().tolist() if adajudge else [None] * len(batch)
-        depth = outputs.depth_weights if adajudge else None
-        alphas = depth.float().cpu().tolist() if depth is not None else [None] * len(batch)
-        batch_results = list(zip(batch, rewards, pis, alphas))
+        scores = item_scores(model(**inputs))
+        batch_results = [(index, s.reward, s.routing_weights, s.depth_weights) for index, s in zip(batch, scores)]
         if kept is not None:
             kept.append(batch_results)
         results.extend(batch_results)
@@ -212,35 +173,13 @@ def _score_packed_batches(
             continue
         inputs = pad_packed([packed[group][:2] for group in batch], pad_token_id)
         outputs = model(**{key: value.to(device) for key, value in inputs.items()})
-        shape = (len(members[batch[0]]), len(batch))  # (N, B): outputs are responses-first
-        rewards, pis = _by_group(outputs.logits[:, 0], shape), _by_group(outputs.routing_weights, shape)
-        alphas = _by_group(outputs.depth_weights, shape) if outputs.depth_weights is not None else None
-        batch_results = []
-        for row, group in enumerate(batch):
-            for position, index in enumerate(members[group]):
-                alpha = alphas[row][position] if alphas is not None else None
-                batch_results.append((index, rewards[row][position], pis[row][position], alpha))
+        scores = item_scores(outputs, packed_output_order([len(members[group]) for group in batch]))
+        batch_results = [(index, s.reward, s.routing_weights, s.depth_weights) for index, s in zip(indices, scores)]
         if kept is not None:
             kept.append(batch_results)
         results.extend(batch_results)
-        progress.update(shape[0] * shape[1])
+        progress.update(len(indices))
     return results
-
-
-def _by_group(tensor: torch.Tensor, shape: tuple[int, int]) -> list:
-    """(N * B, ...) responses-first outputs as nested lists [B][N]..."""
-    return tensor.float().view(*shape, *tensor.shape[1:]).transpose(0, 1).cpu().tolist()
-
-
-def prompt_groups(prompts: Sequence) -> list[list[int]]:
-    """Runs of consecutive indices with the same prompt (a benchmark item's responses, TRL's G completions)."""
-    groups: list[list[int]] = []
-    for index, prompt in enumerate(prompts):
-        if groups and prompts[groups[-1][0]] == prompt:
-            groups[-1].append(index)
-        else:
-            groups.append([index])
-    return groups
 
 
 def score_responses(
@@ -331,15 +270,13 @@ def _score_plainly(
     encode_seconds = time.perf_counter() - start
     batches = length_buckets([len(encoded[index].input_ids) for index in mine], batch_tokens)
     batches = [[mine[position] for position in batch] for batch in batches]
-    was_training = model.training
-    model.eval()
-    try:
-        with tqdm(
+    with (
+        eval_mode(model),
+        tqdm(
             total=len(encoded), desc="Scoring", unit="response", disable=not (show_progress and state.is_main_process)
-        ) as progress:
-            results = _score_batches(model, encoded, batches, pad_token_id, adajudge, progress, kept)
-    finally:
-        model.train(was_training)
+        ) as progress,
+    ):
+        results = _score_batches(model, encoded, batches, pad_token_id, adajudge, progress, kept)
     local_stats = [
         (
             sum(len(example.input_ids) for example in encoded.values()),
@@ -408,19 +345,16 @@ def _score_shared_prompts(
         batches += [
             [same[p] for p in batch] for batch in length_buckets([len(packed[g][0]) for g in same], batch_tokens)
         ]
-    was_training = model.training
-    model.eval()
-    try:
-        with tqdm(
+    with (
+        eval_mode(model),
+        tqdm(
             total=sum(map(len, members.values())),
             desc="Scoring (shared prompts)",
             unit="response",
             disable=not (show_progress and state.is_main_process),
-        ) as progress:
-            pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-            results = _score_packed_batches(model, packed, members, batches, pad_token_id, progress, kept)
-    finally:
-        model.train(was_training)
+        ) as progress,
+    ):
+        results = _score_packed_batches(model, packed, members, batches, padding_id(tokenizer), progress, kept)
     local_stats = [
         (
             sum(len(ids) for ids, _, _ in packed.values()),

@@ -4,19 +4,25 @@
 |---|---|---|
 | `POST /get_reward` | OpenRLHF `--reward.remote_url` | `{"query": [str], "prompts": [str]?, "labels": [...]?}` -> `{"rewards", "scores", "extra_logs"}` |
 | `POST /score` | slime, `AdaJudgeReward(url)` | `{"prompt", "response"}` (text or messages) -> `{"reward", "score", ...}`; `{"prompt", "responses": [...]}` (a prompt group) -> `{"rewards", "scores", ...}` |
-| `POST /classify` | verl (vLLM's classify API) | `{"model", "input": [str], "use_activation"}` -> `{"data": [{"index", "probs": [r], "num_classes": 1}], "usage"}` |
+| `POST /classify` | verl (vLLM's classify API) | `{"model", "input": [str], "use_activation" or "activation"}` -> `{"data": [{"index", "probs": [r], "num_classes": 1}], "usage"}` |
 | `GET /health` | load balancers | 200 once the judge is loaded and warmed up, else 503 |
-| `GET /metrics` | Prometheus | requests, items, batch sizes, queue depth, latencies |
-| `GET /info` | people | judge, form, dtype, device, K, experts, limits |
+| `GET /metrics` | Prometheus | requests, items, texts scored as is, batch sizes, queue depth, latencies |
+| `GET /info` | people | judge, form, dtype, devices, K, experts, how texts are read, limits |
 
+Texts are read as conversations and scored in the judge's own chat template (`templates.ItemEncoder`), so the reward
+is the judge's reward of the conversation whatever template the policy used and wherever generation stopped.
 `rewards` are the judge's raw rewards; `scores` are sigmoid(reward) in [0, 1] (OpenRLHF filters on them);
-`extra_logs` carries pi per expert (`pi/<expert>`) and alpha per depth candidate (`alpha/<H(k)>`) as lists, and
-`truncated` (1 for an item cut to `max_length`). Errors answer `{"error": message}`: 400 malformed JSON, 422 wrong
-types or unscoreable items, 413 over-long items when refused, 503 + `Retry-After` while warming up or when the queue
-is full, 500 when the forward pass holding the request failed (the server keeps serving).
+`extra_logs` (lists, one value per query) carries `judge/pi/<expert>`, `judge/alpha/<H(k)>`, `judge/truncated` (1 for
+an item cut to `max_length`) and `judge/scored_as_is` (1 for a text no chat-template parser recognised); the prefix
+keeps them apart from the client's own metrics. An empty `query` list gets empty lists (OpenRLHF sends empty shards).
+
+Errors answer `{"error": message}`: 400 malformed JSON, 401 a missing or wrong API key, 413 a body or item count over
+the limits (and over-long items when refused), 422 wrong types or unscoreable items, 503 + `Retry-After` while warming
+up or when the queue is full, 500 when the forward pass holding the request failed (the server keeps serving).
 """
 
 import asyncio
+import hmac
 import logging
 import math
 import time
@@ -31,38 +37,52 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..evaluation.scoring import depth_candidate_names
-from .batcher import DEFAULT_MAX_PADDING, BatchFailed, DynamicBatcher, ItemScore, QueueFull
+from ..batching import ItemScore, depth_candidate_names, padding_id
+from ..tokenization import EncodedExample
+from .batcher import DEFAULT_MAX_PADDING, DEFAULT_MAX_QUEUE, BatchFailed, DynamicBatcher, QueueFull
 from .metrics import ServeMetrics
-from .templates import ItemEncoder, ItemTooLong, ServeItem
+from .templates import ItemEncoder, ItemTooLong
 
 
 logger = logging.getLogger(__name__)
 
 ENDPOINTS = ("/get_reward", "/score", "/classify", "/health", "/metrics", "/info")
+OPEN_ENDPOINTS = ("/health",)  # answered without the API key (load balancers)
+DEFAULT_MAX_BODY_BYTES = 512 * 2**20  # an 8,192-query batch of long queries fits; a 1 GB body does not
+DEFAULT_MAX_ITEMS_PER_REQUEST = 65536
 
 
 @dataclass
 class ServeConfig:
-    """Batching and input limits of a server (the `adajudge serve` flags)."""
+    """Batching, reading and input limits of a server (the `adajudge serve` flags)."""
 
     max_batch_tokens: int = 8192  # padded tokens per forward pass (and the most one step takes from the queue)
     max_wait_ms: float = 5.0  # how long the oldest queued item waits for company when the model is idle
-    max_queue: int = 4096  # queued items beyond which requests get 503 + Retry-After
+    max_queue: int = DEFAULT_MAX_QUEUE  # queued items; a request arriving when it is full gets 503 + Retry-After
     max_length: int | None = None  # None: the backbone's max_position_embeddings
     refuse_overlong: bool = False  # 413 instead of cutting the start of the prompt
     pack: bool = True  # pack items that share a prompt into one row
     max_padding: float | None = DEFAULT_MAX_PADDING  # most padding per forward pass, a fraction of its tokens
+    score_as_is: bool = False  # score texts exactly as sent instead of recovering the conversation
+    api_key: str | None = None  # when set, every endpoint but /health needs `Authorization: Bearer <key>`
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_items_per_request: int = DEFAULT_MAX_ITEMS_PER_REQUEST
 
 
 @dataclass
 class LoadedJudge:
-    """A judge ready to serve: model (on its device), its tokenizer, the policy's tokenizer when templates differ."""
+    """A judge ready to serve: model (on its device), its tokenizer, the policy's tokenizer when templates differ,
+    and `replicas`, copies of the model on further devices that share the queue."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     policy_tokenizer: PreTrainedTokenizerBase | None = None
     info: dict[str, Any] = field(default_factory=dict)  # what /info reports about where the judge came from
+    replicas: list[PreTrainedModel] = field(default_factory=list)
+
+    @property
+    def models(self) -> list[PreTrainedModel]:
+        return [self.model, *self.replicas]
 
 
 class ServeError(Exception):
@@ -110,6 +130,11 @@ class ClassifyRequest(BaseModel):
     model: str | None = None
     input: str | list[str] = Field(min_length=1)
     use_activation: bool | None = None
+    activation: bool | None = None  # vLLM's older name, still sent by some verl versions
+
+    @property
+    def activate(self) -> bool:
+        return bool(self.use_activation if self.use_activation is not None else self.activation)
 
 
 def _turns(value: Turns | None) -> str | list[dict] | None:
@@ -129,73 +154,145 @@ class _Server:
         self.experts = tuple(model_config.experts)
         self.depth_candidates = depth_candidate_names(model_config) if model_config.num_refinement_blocks else ()
         max_length = config.max_length or getattr(model_config.get_text_config(), "max_position_embeddings", None)
-        self.encoder = ItemEncoder(judge.tokenizer, max_length, config.refuse_overlong, judge.policy_tokenizer)
+        self.encoder = ItemEncoder(
+            judge.tokenizer, max_length, config.refuse_overlong, judge.policy_tokenizer, recover=not config.score_as_is
+        )
         self.metrics = ServeMetrics()
-        pad_token_id = judge.tokenizer.pad_token_id if judge.tokenizer.pad_token_id is not None else 0
         self.batcher = DynamicBatcher(
-            judge.model, pad_token_id, config.max_batch_tokens, config.max_wait_ms, config.max_queue, config.pack,
-            self.metrics, config.max_padding,
+            judge.models, padding_id(judge.tokenizer), config.max_batch_tokens, config.max_wait_ms, config.max_queue,
+            config.pack, self.metrics, config.max_padding,
         )  # fmt: skip
         self.ready = False
 
     async def warm_up(self) -> None:
         if self.judge.tokenizer.chat_template is not None:
-            item = self.encoder.from_pair(
+            item, _ = self.encoder.from_pair(
                 [{"role": "user", "content": "Hello"}], [{"role": "assistant", "content": "Hi"}]
             )
         else:
-            item = self.encoder.from_pair("Hello", " Hi")
-        await asyncio.gather(*self.batcher.submit([item]))
+            item, _ = self.encoder.from_pair("Hello", " Hi")
+        await self.batcher.warm_up(item)
         self.ready = True
-        logger.info("AdaJudge server ready")
+        logger.info("AdaJudge server ready (%d replica(s))", len(self.judge.models))
 
-    def encode(self, name: str, encode, values: list) -> list[ServeItem]:
-        items = []
+    def encode(self, name: str, encode, values: list) -> tuple[list[EncodedExample], list[bool]]:
+        """Encode a request's items; the 4xx names the item at fault. Returns the items and which were scored as
+        is."""
+        if len(values) > self.config.max_items_per_request:
+            raise ServeError(
+                413,
+                f"{len(values)} items in one request, more than --max-items-per-request "
+                f"{self.config.max_items_per_request}; send fewer per request or raise the flag",
+            )
+        items, as_is = [], []
         for index, value in enumerate(values):
             where = f"{name}[{index}]" if len(values) > 1 or name != "item" else name
             try:
-                items.append(encode(*value))
+                item, scored_as_is = encode(*value)
             except ItemTooLong as error:
                 raise ServeError(413, f"{where}: {error}") from None
             except ValueError as error:
                 raise ServeError(422, f"{where}: {' '.join(str(error).split())}") from None
+            items.append(item)
+            as_is.append(scored_as_is)
         self.metrics.truncated.inc(sum(item.truncated for item in items))
-        return items
+        self.metrics.scored_as_is.inc(sum(as_is))
+        return items, as_is
 
-    async def score(self, request: Request, items: list[ServeItem]) -> list[ItemScore]:
+    async def score(self, request: Request, items: list[EncodedExample]) -> list[ItemScore]:
         """Queue `items` and wait for their scores, or for the client to go away (then nothing more is spent)."""
         if not items:  # an empty shard of a client that splits its batch over several URLs
             return []
         if not self.ready:
             raise ServeError(503, "the judge is still warming up; retry shortly", {"Retry-After": "1"})
         try:
-            futures = self.batcher.submit(items)
+            self.batcher.check_room(len(items))
         except QueueFull as error:
             raise ServeError(503, str(error), {"Retry-After": str(error.retry_after)}) from None
-        results = asyncio.gather(*futures)
+        scoring = asyncio.ensure_future(self.batcher.score(items))
         disconnect = asyncio.ensure_future(_wait_for_disconnect(request))
         try:
-            await asyncio.wait({results, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-            if not results.done():
+            await asyncio.wait({scoring, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+            if not scoring.done():
                 raise ServeError(499, "client disconnected")
             try:
-                return results.result()
+                return scoring.result()
+            except QueueFull as error:
+                raise ServeError(503, str(error), {"Retry-After": str(error.retry_after)}) from None
             except BatchFailed as error:
                 raise ServeError(500, str(error)) from None
         finally:
             disconnect.cancel()
-            for future in futures:  # a failed or abandoned request leaves nothing to score behind
-                future.cancel()
-            if not results.done():
-                results.cancel()
+            if not scoring.done():  # a request that went away leaves nothing to score behind
+                scoring.cancel()
             with suppress(asyncio.CancelledError, Exception):
-                await results
+                await scoring
 
 
 async def _wait_for_disconnect(request: Request) -> None:
     """Return when the client closes the connection (the body has been read, so only a disconnect can come)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+async def _send_error(send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    response = JSONResponse({"error": message}, status_code=status, headers=headers)
+    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+class _GuardMiddleware:
+    """The API key and the body bound, before anything reads the body (pure ASGI).
+
+    The body is read here in chunks and refused with 413 as soon as it passes `max_body_bytes` (or when its
+    Content-Length says it will), so an oversized body never reaches the JSON parser; the endpoint then reads the
+    body from memory and sees the client's later messages (a disconnect) as usual."""
+
+    def __init__(self, app, config: ServeConfig):
+        self.app, self.config = app, config
+        self.expected = f"Bearer {config.api_key}".encode() if config.api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.expected is not None and scope["path"] not in OPEN_ENDPOINTS:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                problem = "a wrong API key" if given else "no API key"
+                return await _send_error(
+                    send, 401, f"this server needs an API key: send `Authorization: Bearer <key>` (got {problem})",
+                    {"WWW-Authenticate": "Bearer"},
+                )  # fmt: skip
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        limit = self.config.max_body_bytes
+        too_large = f"the request body is larger than --max-body-bytes {limit}; send fewer items per request"
+        with suppress(ValueError):
+            if int(headers.get(b"content-length", b"0")) > limit:
+                return await _send_error(send, 413, too_large)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return await _send_error(send, 413, too_large)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 class _MetricsMiddleware:
@@ -227,6 +324,8 @@ class _MetricsMiddleware:
 def create_app(judge: LoadedJudge, config: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app serving `judge`; the batcher starts and the judge warms up in the app's lifespan."""
     config = config or ServeConfig()
+    if config.max_body_bytes < 1 or config.max_items_per_request < 1:
+        raise ValueError("--max-body-bytes and --max-items-per-request must be >= 1.")
     server_ref: dict[str, _Server] = {}
 
     @asynccontextmanager
@@ -242,7 +341,8 @@ def create_app(judge: LoadedJudge, config: ServeConfig | None = None) -> FastAPI
             await server.batcher.stop()
 
     app = FastAPI(title="AdaJudge reward server", lifespan=lifespan)
-    app.add_middleware(_MetricsMiddleware, server_ref=server_ref)
+    app.add_middleware(_GuardMiddleware, config=config)
+    app.add_middleware(_MetricsMiddleware, server_ref=server_ref)  # outermost: counts refused requests too
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, error: ServeError):
@@ -255,22 +355,26 @@ def create_app(judge: LoadedJudge, config: ServeConfig | None = None) -> FastAPI
         details = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in errors[:5]]
         return JSONResponse({"error": "; ".join(details)}, status_code=status)
 
-    def routing(server: _Server, scores: list[ItemScore]) -> dict[str, list[float]]:
+    def extra_logs(server: _Server, scores: list[ItemScore], items, as_is: list[bool]) -> dict[str, list[float]]:
         logs = {f"judge/pi/{name}": [s.routing_weights[i] for s in scores] for i, name in enumerate(server.experts)}
         for i, name in enumerate(server.depth_candidates):
             logs[f"judge/alpha/{name}"] = [s.depth_weights[i] for s in scores]
+        logs["judge/truncated"] = [float(item.truncated) for item in items]
+        logs["judge/scored_as_is"] = [float(flag) for flag in as_is]
         return logs
 
     @app.post("/get_reward")
     async def get_reward(body: RewardRequest, request: Request):
         server = server_ref["server"]
         prompts = body.prompts or [None] * len(body.query)
-        items = server.encode("query", server.encoder.from_query, list(zip(body.query, prompts)))
+        items, as_is = server.encode("query", server.encoder.from_query, list(zip(body.query, prompts)))
         scores = await server.score(request, items)
-        extra_logs = routing(server, scores)
-        extra_logs["judge/truncated"] = [float(item.truncated) for item in items]
         rewards = [s.reward for s in scores]
-        return {"rewards": rewards, "scores": [sigmoid(r) for r in rewards], "extra_logs": extra_logs}
+        return {
+            "rewards": rewards,
+            "scores": [sigmoid(r) for r in rewards],
+            "extra_logs": extra_logs(server, scores, items, as_is),
+        }
 
     @app.post("/score")
     async def score(body: ScoreRequest, request: Request):
@@ -278,7 +382,7 @@ def create_app(judge: LoadedJudge, config: ServeConfig | None = None) -> FastAPI
         prompt = _turns(body.prompt)
         responses = [body.response] if body.responses is None else body.responses
         name = "item" if body.responses is None else "responses"
-        items = server.encode(name, server.encoder.from_pair, [(prompt, _turns(r)) for r in responses])
+        items, as_is = server.encode(name, server.encoder.from_pair, [(prompt, _turns(r)) for r in responses])
         scores = await server.score(request, items)
         if body.responses is None:
             (item,), (s,) = items, scores
@@ -288,6 +392,7 @@ def create_app(judge: LoadedJudge, config: ServeConfig | None = None) -> FastAPI
                 "routing_weights": dict(zip(server.experts, s.routing_weights)),
                 "depth_weights": dict(zip(server.depth_candidates, s.depth_weights)) if s.depth_weights else None,
                 "truncated": item.truncated,
+                "scored_as_is": as_is[0],
             }
         return {
             "rewards": [s.reward for s in scores],
@@ -297,15 +402,16 @@ def create_app(judge: LoadedJudge, config: ServeConfig | None = None) -> FastAPI
             "experts": list(server.experts),
             "depth_candidates": list(server.depth_candidates),
             "truncated": [item.truncated for item in items],
+            "scored_as_is": as_is,
         }
 
     @app.post("/classify")
     async def classify(body: ClassifyRequest, request: Request):
         server = server_ref["server"]
         texts = [body.input] if isinstance(body.input, str) else body.input
-        items = server.encode("input", server.encoder.from_text, [(text,) for text in texts])
+        items, _ = server.encode("input", server.encoder.from_text, [(text,) for text in texts])
         scores = await server.score(request, items)
-        activate = sigmoid if body.use_activation else float
+        activate = sigmoid if body.activate else float
         tokens = sum(len(item.input_ids) for item in items)
         return {
             "id": f"classify-{uuid.uuid4().hex}",
@@ -338,17 +444,22 @@ def create_app(judge: LoadedJudge, config: ServeConfig | None = None) -> FastAPI
             **judge.info,
             "dtype": str(model.dtype).removeprefix("torch."),
             "device": str(model.device),
+            "devices": [str(replica.device) for replica in judge.models],
             "num_refinement_blocks": model.config.num_refinement_blocks,
             "experts": list(server.experts),
             "depth_candidates": list(server.depth_candidates),
+            "texts": "recovered as conversations" if server.encoder.recovers else "scored as sent",
+            "chat_template_parsers": [parser.name for parser in server.encoder.parsers],
             "max_length": server.encoder.max_length,
             "overlong": "refuse" if config.refuse_overlong else "truncate",
             "max_batch_tokens": config.max_batch_tokens,
             "max_wait_ms": config.max_wait_ms,
             "max_padding": config.max_padding,
             "max_queue": config.max_queue,
+            "max_body_bytes": config.max_body_bytes,
+            "max_items_per_request": config.max_items_per_request,
+            "api_key_required": config.api_key is not None,
             "packing": server.batcher.pack,
-            "policy_template": "re-rendered" if judge.policy_tokenizer is not None else "as the judge's",
             "ready": server.ready,
         }
 

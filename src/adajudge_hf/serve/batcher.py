@@ -1,9 +1,9 @@
 """Dynamic batching: items of concurrent requests are queued and scored together, prompt groups packed.
 
 RL trainers send one item per request from many coroutines at once (OpenRLHF since v0.9.3), so the server must batch.
-`DynamicBatcher` keeps a FIFO queue of items. A step starts when the queue holds `max_batch_tokens` tokens or its
-oldest item has waited `max_wait_ms`, counted from the end of the previous step when that is later (so the next
-items of the clients a step answered join the following step).
+`DynamicBatcher` keeps a FIFO queue of items. A step starts when a replica of the model is idle and the queue holds
+`max_batch_tokens` tokens or its oldest item has waited `max_wait_ms`, counted from the end of the last forward pass
+when that is later (so the next items of the clients a pass answered join the following step).
 A step takes items in arrival order up to the token budget, where an item whose prompt is already in the step costs
 only its response tokens, because items sharing a prompt (a GRPO group's G completions) become one packed row
 [prompt; r1; ...; rN] (`adajudge_hf.packing`; the model's `segment_ids`), which computes the prompt once. Rows go
@@ -13,8 +13,13 @@ Rows in one pass may hold different numbers of responses: shorter rows get one-t
 rewards are dropped (a response sees only the prompt and itself, so fillers change nothing else).
 
 Items whose boundary is unknown (left to `config.response_template`) and judges that cannot take packed inputs go
-through plain padded rows. The forward passes run on one worker thread, one at a time; an exception fails the
-items of that pass only. Items whose request went away (client disconnect) are dropped before their pass.
+through plain padded rows. With several replicas of the model (one per device), each forward pass goes whole to an
+idle replica, on that replica's own worker thread; an exception fails the items of that pass only, and the replica
+keeps serving. Items whose request went away (client disconnect) are dropped before their pass.
+
+The queue holds at most `max_queue` items: a request that arrives when it is full is refused (`QueueFull`, HTTP 503,
+retryable); an admitted request larger than the room left enters in parts as the queue drains, so no request is
+refused for its size alone.
 """
 
 import asyncio
@@ -23,6 +28,7 @@ import ctypes.util
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -30,10 +36,10 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from ..evaluation.scoring import length_buckets
+from ..batching import ItemScore, item_scores, length_buckets, packed_output_order
 from ..packing import pack_responses, pad_packed
+from ..tokenization import EncodedExample
 from .metrics import ServeMetrics
-from .templates import ServeItem
 
 
 logger = logging.getLogger(__name__)
@@ -43,6 +49,9 @@ TRIM_EVERY_S = 10.0
 # a padded token costs as much as a real one, while a bigger batch buys little (a row's cost is nearly flat in the
 # batch size there), so splitting the pass is cheaper than padding it.
 DEFAULT_MAX_PADDING = 0.2
+# Items queued at most. Above any client's normal burst (256 concurrent one-item requests; larger requests enter in
+# parts), while a few tens of thousands of encoded items stay well within a host's memory.
+DEFAULT_MAX_QUEUE = 16384
 
 
 def release_freed_memory() -> None:
@@ -56,17 +65,8 @@ def release_freed_memory() -> None:
         pass
 
 
-@dataclass
-class ItemScore:
-    """Reward of one item with AdaJudge's pooling-router weights pi and depth-router weights alpha."""
-
-    reward: float
-    routing_weights: list[float]
-    depth_weights: list[float] | None
-
-
 class QueueFull(RuntimeError):
-    """The queue cannot take the request's items; retry after `retry_after` seconds (HTTP 503)."""
+    """The queue is full; retry after `retry_after` seconds (HTTP 503)."""
 
     def __init__(self, message: str, retry_after: int):
         super().__init__(message)
@@ -79,8 +79,8 @@ class BatchFailed(RuntimeError):
 
 @dataclass
 class _Job:
-    item: ServeItem
-    future: asyncio.Future
+    item: EncodedExample
+    future: asyncio.Future | None
     arrival: float
 
     @property
@@ -111,15 +111,16 @@ class _Pass:
 
 
 class DynamicBatcher:
-    """Coalesce the items of concurrent requests into batched, packed forward passes of `model`."""
+    """Coalesce the items of concurrent requests into batched, packed forward passes of `models` (one replica per
+    device; a single model is one replica)."""
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        models: torch.nn.Module | Sequence[torch.nn.Module],
         pad_token_id: int,
         max_batch_tokens: int = 8192,
         max_wait_ms: float = 5.0,
-        max_queue: int = 4096,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         pack: bool = True,
         metrics: ServeMetrics | None = None,
         max_padding: float | None = DEFAULT_MAX_PADDING,
@@ -131,49 +132,103 @@ class DynamicBatcher:
             )
         if max_padding is not None and not 0 <= max_padding < 1:
             raise ValueError(f"`max_padding` must be in [0, 1) (a fraction of a pass's tokens), got {max_padding}.")
-        self.model = model
+        self.models = [models] if isinstance(models, torch.nn.Module) else list(models)
+        if not self.models:
+            raise ValueError("DynamicBatcher needs at least one model.")
         self.pad_token_id = pad_token_id
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
         self.max_padding = max_padding
-        self.pack = pack and bool(getattr(model, "supports_packed_inputs", False))
+        self.pack = pack and all(getattr(model, "supports_packed_inputs", False) for model in self.models)
         self.metrics = metrics
         self._pending: deque[_Job] = deque()
         self._pending_tokens = 0
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adajudge-forward")
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"adajudge-forward-{index}")
+            for index in range(len(self.models))
+        ]
         self._wakeup: asyncio.Event | None = None
+        self._room: asyncio.Event | None = None  # set whenever the queue has room again
+        self._idle: asyncio.Queue[int] | None = None  # replicas waiting for a pass
         self._task: asyncio.Task | None = None
+        self._passes: set[asyncio.Task] = set()
+        self._last_pass_end = 0.0
+        self._last_trim = time.monotonic()
         self._items_per_second = 0.0  # smoothed, for Retry-After
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The first replica (what the in-process path scores with)."""
+        return self.models[0]
 
     @property
     def queue_depth(self) -> int:
         return len(self._pending)
 
     def start(self) -> None:
-        self._wakeup = asyncio.Event()
+        self._wakeup, self._room = asyncio.Event(), asyncio.Event()
+        self._idle = asyncio.Queue()
+        for replica in range(len(self.models)):
+            self._idle.put_nowait(replica)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop after the running pass; queued items fail with a shutdown message."""
-        if self._task is not None:
-            self._task.cancel()
+        """Stop after the running passes; queued items fail with a shutdown message."""
+        tasks = [task for task in (self._task, *self._passes) if task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with suppress(asyncio.CancelledError):
-                await self._task
+                await task
         while self._pending:
             job = self._pending.popleft()
             if not job.future.done():
                 job.future.set_exception(BatchFailed("the server is shutting down"))
-        self._executor.shutdown(wait=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
-    def submit(self, items: list[ServeItem]) -> list[asyncio.Future]:
-        """Queue `items`; their futures resolve to `ItemScore`s. Raises `QueueFull` when they do not fit."""
-        if len(self._pending) + len(items) > self.max_queue:
+    async def warm_up(self, item: EncodedExample) -> None:
+        """Score `item` once on every replica (first passes are slow: allocations, kernel choices)."""
+        loop = asyncio.get_running_loop()
+        job = _Job(item, loop.create_future(), time.monotonic())
+        kind = "plain" if item.prompt_length is not None else "located"
+        for replica, model in enumerate(self.models):
+            start = time.perf_counter()
+            await loop.run_in_executor(self._executors[replica], self._forward, _Pass(kind, [job]), model)
+            if self.metrics is not None:
+                self.metrics.observe_pass(1, 1, time.perf_counter() - start)
+
+    def check_room(self, num_items: int) -> None:
+        """Raise `QueueFull` when the queue is full (a request is refused on arrival or not at all)."""
+        if len(self._pending) >= self.max_queue:
             rate = max(self._items_per_second, 1.0)
             raise QueueFull(
-                f"the queue holds {len(self._pending)} items (max {self.max_queue}); retry later",
-                retry_after=max(1, round((len(self._pending) + len(items)) / rate)),
+                f"the queue is full ({len(self._pending)} items, --max-queue {self.max_queue}); retry later",
+                retry_after=max(1, round((len(self._pending) + num_items) / rate)),
             )
+
+    async def score(self, items: Sequence[EncodedExample]) -> list[ItemScore]:
+        """Scores of `items`, in order. The items enter the queue as it has room, in parts when they outnumber it.
+
+        Raises `QueueFull` when the queue is full on arrival, `BatchFailed` when a pass holding one of them failed;
+        when cancelled (or failed), the items not yet scored are dropped."""
+        self.check_room(len(items))
+        futures: list[asyncio.Future] = []
+        try:
+            while len(futures) < len(items):
+                room = self.max_queue - len(self._pending)
+                if room <= 0:
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
+                futures += self._enqueue(items[len(futures) : len(futures) + room])
+            return list(await asyncio.gather(*futures))
+        finally:
+            for future in futures:
+                future.cancel()  # no-op for the scored ones
+
+    def _enqueue(self, items: Sequence[EncodedExample]) -> list[asyncio.Future]:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         futures = []
@@ -191,15 +246,16 @@ class DynamicBatcher:
             self.metrics.queue_depth.set(len(self._pending))
 
     async def _run(self) -> None:
-        last_step_end = last_trim = 0.0
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             if not self._pending:
                 continue
-            # Wait for company from the oldest item's arrival, or from the end of the last step: the clients it
+            replica = await self._idle.get()
+            # Wait for company from the oldest item's arrival, or from the end of the last pass: the clients it
             # answered send their next items within milliseconds, and they should join this step, not the next.
-            deadline = max(self._pending[0].arrival, last_step_end) + self.max_wait
+            deadline = max(self._pending[0].arrival, self._last_pass_end) if self._pending else 0.0
+            deadline += self.max_wait
             while self._pending_tokens < self.max_batch_tokens and (delay := deadline - time.monotonic()) > 0:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation `stop` sends
                 # when a wake-up lands at the same moment, and the server then never shuts down.
@@ -207,13 +263,15 @@ class DynamicBatcher:
                     async with asyncio.timeout(delay):
                         await self._wakeup.wait()
                 self._wakeup.clear()
-            jobs = self._take()
-            if jobs:
-                await self._run_step(jobs)
-                last_step_end = time.monotonic()
-                if last_step_end - last_trim > TRIM_EVERY_S:  # a few ms on the worker thread
-                    await asyncio.get_running_loop().run_in_executor(self._executor, release_freed_memory)
-                    last_trim = time.monotonic()
+            passes = self._plan(self._take())
+            for index, forward_pass in enumerate(passes):
+                if index:
+                    replica = await self._idle.get()
+                task = asyncio.get_running_loop().create_task(self._run_pass(forward_pass, replica))
+                self._passes.add(task)
+                task.add_done_callback(self._passes.discard)
+            if not passes:
+                self._idle.put_nowait(replica)
             if self._pending:
                 self._wakeup.set()
 
@@ -235,6 +293,8 @@ class DynamicBatcher:
             jobs.append(job)
             prompts.add(key)
             tokens += cost
+        if len(self._pending) < self.max_queue:
+            self._room.set()
         self._set_queue_metric()
         return jobs
 
@@ -273,42 +333,59 @@ class DynamicBatcher:
                 passes.append(_Pass(kind, [members[i] for i in bucket]))
         return passes
 
-    def score_now(self, items: list[ServeItem]) -> list[ItemScore]:
-        """Score `items` right here, in the same passes a server step would make (the in-process reward path)."""
+    def score_now(self, items: Sequence[EncodedExample]) -> list[ItemScore]:
+        """Score `items` right here on the first replica, in the passes a server step would make (the in-process
+        reward path)."""
         jobs = [_Job(item, None, 0.0) for item in items]
         scores = {}
         for forward_pass in self._plan(jobs):
-            scores.update(zip(map(id, forward_pass.jobs), self._forward(forward_pass)))
+            scores.update(zip(map(id, forward_pass.jobs), self._forward(forward_pass, self.model)))
         return [scores[id(job)] for job in jobs]
 
-    async def _run_step(self, jobs: list[_Job]) -> None:
+    async def _run_pass(self, forward_pass: _Pass, replica: int) -> None:
+        """Run one pass on `replica`'s worker thread and answer its jobs; the replica is idle again afterwards."""
         loop = asyncio.get_running_loop()
-        for forward_pass in self._plan(jobs):
+        try:
             forward_pass.drop_abandoned()
-            pass_jobs = forward_pass.jobs
-            if not pass_jobs:
-                continue
+            jobs = forward_pass.jobs
+            if not jobs:
+                return
             start = time.perf_counter()
             try:
-                scores = await loop.run_in_executor(self._executor, self._forward, forward_pass)
-            except Exception as error:  # fail this pass only; the server keeps serving
-                logger.exception("A forward pass of %d items failed", len(pass_jobs))
-                for job in pass_jobs:
+                scores = await loop.run_in_executor(
+                    self._executors[replica], self._forward, forward_pass, self.models[replica]
+                )
+            except asyncio.CancelledError:
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(BatchFailed("the server is shutting down"))
+                raise
+            except Exception as error:  # fail this pass only; the replica keeps serving
+                logger.exception("A forward pass of %d items on replica %d failed", len(jobs), replica)
+                for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(BatchFailed(f"scoring failed: {type(error).__name__}: {error}"))
-                continue
+                return
             seconds = time.perf_counter() - start
-            self._items_per_second = 0.8 * self._items_per_second + 0.2 * len(pass_jobs) / max(seconds, 1e-6)
-            for job, score in zip(pass_jobs, scores):
+            rate = len(jobs) * len(self.models) / max(seconds, 1e-6)
+            self._items_per_second = 0.8 * self._items_per_second + 0.2 * rate
+            for job, score in zip(jobs, scores):
                 if not job.future.done():
                     job.future.set_result(score)
             if self.metrics is not None:
-                self.metrics.observe_pass(len(pass_jobs), len(forward_pass.rows), seconds)
+                self.metrics.observe_pass(len(jobs), len(forward_pass.rows), seconds)
+        finally:
+            self._last_pass_end = time.monotonic()
+            if self._last_pass_end - self._last_trim > TRIM_EVERY_S:  # a few ms, queued on the replica's thread
+                self._last_trim = self._last_pass_end
+                loop.run_in_executor(self._executors[replica], release_freed_memory)
+            self._idle.put_nowait(replica)
+            self._wakeup.set()
 
     @torch.inference_mode()
-    def _forward(self, forward_pass: _Pass) -> list[ItemScore]:
-        """Run one pass on the worker thread; scores in the order of the pass's jobs."""
-        device = self.model.device
+    def _forward(self, forward_pass: _Pass, model: torch.nn.Module) -> list[ItemScore]:
+        """Run one pass of `model` on the calling (worker) thread; scores in the order of the pass's jobs."""
+        device = model.device
         if forward_pass.kind == "packed":
             num_responses = max(len(members) for _, members in forward_pass.rows)
             packed = []
@@ -317,12 +394,7 @@ class DynamicBatcher:
                 fillers = [[self.pad_token_id]] * (num_responses - len(members))  # scored, then dropped
                 packed.append(pack_responses(prompt_ids, responses + fillers))
             inputs = pad_packed(packed, self.pad_token_id)
-            outputs = self.model(**{key: value.to(device) for key, value in inputs.items()})
-            batch_size = len(forward_pass.rows)
-            # Outputs are responses-first (N * B, ...): row b's response s sits at s * B + b.
-            order = [
-                s * batch_size + b for b, (_, members) in enumerate(forward_pass.rows) for s in range(len(members))
-            ]
+            order = packed_output_order([len(members) for _, members in forward_pass.rows])
         else:
             rows = [torch.tensor(job.item.input_ids) for job in forward_pass.rows]
             inputs = {
@@ -331,10 +403,6 @@ class DynamicBatcher:
             }
             if forward_pass.kind == "plain":
                 inputs["prompt_lengths"] = torch.tensor([job.item.prompt_length for job in forward_pass.rows])
-            outputs = self.model(**{key: value.to(device) for key, value in inputs.items()})
-            order = list(range(len(forward_pass.rows)))
-        rewards = outputs.logits[:, 0].float().cpu()[order].tolist()
-        pis = outputs.routing_weights.float().cpu()[order].tolist()
-        depth = outputs.depth_weights
-        alphas = depth.float().cpu()[order].tolist() if depth is not None else [None] * len(order)
-        return [ItemScore(r, pi, alpha) for r, pi, alpha in zip(rewards, pis, alphas)]
+            order = None
+        outputs = model(**{key: value.to(device) for key, value in inputs.items()})
+        return item_scores(outputs, order)

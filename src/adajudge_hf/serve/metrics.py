@@ -22,6 +22,10 @@ class ServeMetrics:
         )  # fmt: skip
         self.items = Counter("adajudge_items", "Items scored", registry=self.registry)
         self.truncated = Counter("adajudge_truncated_items", "Items cut to max_length", registry=self.registry)
+        self.scored_as_is = Counter(
+            "adajudge_scored_as_is", "Texts scored as sent: no chat-template parser recognised them",
+            registry=self.registry,
+        )  # fmt: skip
         self.queue_depth = Gauge("adajudge_queue_depth", "Items waiting to be scored", registry=self.registry)
         self.batch_items = Histogram(
             "adajudge_batch_items", "Items per forward pass", buckets=BATCH_BUCKETS, registry=self.registry

@@ -18,14 +18,16 @@ gets `None` (TRL turns it into NaN and leaves it out).
 
 import asyncio
 import os
+import random
+import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..batching import DEFAULT_BATCH_TOKENS, eval_mode, padding_id, prompt_groups
 from ..checkpoint import load_judge
-from ..evaluation.scoring import DEFAULT_BATCH_TOKENS, prompt_groups
 from ..tokenization import Messages
 from .batcher import DynamicBatcher
 from .templates import ItemEncoder
@@ -73,20 +75,15 @@ class AdaJudgeReward:
         self.__name__ = "adajudge"  # the name TRL logs the rewards under
         self.judge, self.tokenizer = judge, tokenizer
         self.encoder = ItemEncoder(tokenizer, max_length)
-        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.batcher = DynamicBatcher(judge, pad_token_id, max_batch_tokens=batch_tokens)
+        self.batcher = DynamicBatcher(judge, padding_id(tokenizer), max_batch_tokens=batch_tokens)
 
     def __call__(
         self, prompts: list[str | Messages], completions: list[str | Messages], **kwargs
     ) -> list[float | None]:
         scoreable = [i for i, completion in enumerate(completions) if not _is_empty(completion)]
-        items = [self.encoder.from_pair(prompts[i], completions[i]) for i in scoreable]
-        was_training = self.judge.training
-        self.judge.eval()
-        try:
+        items = [self.encoder.from_pair(prompts[i], completions[i])[0] for i in scoreable]
+        with eval_mode(self.judge):
             scores = self.batcher.score_now(items)
-        finally:
-            self.judge.train(was_training)
         rewards: list[float | None] = [None] * len(completions)
         for index, score in zip(scoreable, scores):
             rewards[index] = score.reward
@@ -96,9 +93,10 @@ class AdaJudgeReward:
 class AdaJudgeRemoteReward(AdaJudgeReward):
     """Async reward function posting each prompt group to `adajudge serve` servers (`POST /score`).
 
-    Groups go to the servers in turn (one server per GPU scales out). Connection errors and 503s are retried
-    (`max_retries`, waiting `Retry-After` or 1 s, as OpenRLHF's client does); any other error raises with the server's
-    message.
+    Groups go to the servers in turn (one server per GPU scales out). Timeouts, connection errors and 503s (a full
+    queue, a server warming up) are retried with jittered exponential backoff (`retry_delay` doubling up to
+    `max_retry_delay`, at least the server's `Retry-After`), at most `max_retries` tries and `max_retry_seconds` in
+    all, then a `ConnectionError` says what failed last; any other error raises at once with the server's message.
     """
 
     def __init__(
@@ -106,7 +104,10 @@ class AdaJudgeRemoteReward(AdaJudgeReward):
         judge_or_url: str | Sequence[str],
         tokenizer: PreTrainedTokenizerBase | None = None,
         timeout: float = 180.0,
-        max_retries: int = 5,
+        max_retries: int = 8,
+        max_retry_seconds: float = 900.0,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 30.0,
     ):
         urls = judge_or_url.split(",") if isinstance(judge_or_url, str) else list(judge_or_url)
         self.urls = []
@@ -117,8 +118,11 @@ class AdaJudgeRemoteReward(AdaJudgeReward):
             self.urls.append(f"{parts.scheme}://{parts.netloc}/score")
         if not self.urls:
             raise ValueError("AdaJudgeReward got no server URL.")
+        if max_retries < 1 or timeout <= 0:
+            raise ValueError(f"Need max_retries >= 1 and timeout > 0; got {max_retries} and {timeout}.")
         self.__name__ = "adajudge"
-        self.timeout, self.max_retries = timeout, max_retries
+        self.timeout, self.max_retries, self.max_retry_seconds = timeout, max_retries, max_retry_seconds
+        self.retry_delay, self.max_retry_delay = retry_delay, max_retry_delay
 
     async def __call__(
         self, prompts: list[str | Messages], completions: list[str | Messages], **kwargs
@@ -145,17 +149,27 @@ class AdaJudgeRemoteReward(AdaJudgeReward):
 
     async def _post(self, session: aiohttp.ClientSession, url: str, prompt, responses) -> list[float]:
         body = {"prompt": prompt, "responses": responses}
-        for attempt in range(self.max_retries):
+        start = time.monotonic()
+        for attempt in range(1, self.max_retries + 1):
+            server_wait = 0.0
             try:
                 async with session.post(url, json=body) as response:
                     if response.status == 200:
                         return (await response.json())["rewards"]
-                    detail = (await response.json(content_type=None) or {}).get("error", response.reason)
+                    answer = await response.json(content_type=None) if response.content_length != 0 else None
+                    detail = f"{response.status}: {(answer or {}).get('error', response.reason)}"
                     if response.status != 503:
-                        raise ValueError(f"{url} answered {response.status}: {detail}")
-                    delay = float(response.headers.get("Retry-After", 1))
-            except aiohttp.ClientConnectionError as error:
-                detail, delay = f"{type(error).__name__}: {error}", 1.0
-            if attempt + 1 < self.max_retries:
-                await asyncio.sleep(delay)
-        raise ConnectionError(f"{url} failed {self.max_retries} times; last: {detail}")
+                        raise ValueError(f"{url} answered {detail}")
+                    server_wait = float(response.headers.get("Retry-After", 0) or 0)
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as error:
+                detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            backoff = min(self.retry_delay * 2 ** (attempt - 1), self.max_retry_delay)
+            delay = max(backoff * random.uniform(0.5, 1.5), server_wait)
+            elapsed = time.monotonic() - start
+            if attempt == self.max_retries or elapsed + delay > self.max_retry_seconds:
+                break
+            await asyncio.sleep(delay)
+        raise ConnectionError(
+            f"{url} gave no reward after {attempt} tries in {time.monotonic() - start:.0f} s (last: {detail}); check "
+            "that `adajudge serve` is running and reachable, or allow more with `max_retries` / `max_retry_seconds`."
+        )

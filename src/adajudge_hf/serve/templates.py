@@ -1,43 +1,75 @@
-"""Turn what reward clients send into token ids the judge reads, with the prompt/response boundary kept.
+"""Turn what reward clients send into the tokens the judge was trained on, with the prompt/response boundary kept.
 
-OpenRLHF posts `query` = prompt + response rendered with the *policy's* chat template (decoded with the special
-tokens kept) and, optionally, the `prompts` it started from. Two cases:
+RL clients send text rendered with the *policy's* chat template and cut where generation stopped: OpenRLHF's query
+is `decode(prompt_ids + output_ids)` and ends at the generated end-of-turn token (`...Paris.<|im_end|>`, not the
+template's `...Paris.<|im_end|>\\n`), or mid-word when `max_tokens` cut it; verl strips a leading BOS; slime's
+response keeps the EOS text. The judge was trained on its own template's rendering of whole conversations, so the
+reward of the text as sent is not the judge's reward of the conversation.
 
-- Same template as the judge (the default): the query is scored as is. Its tokens are the tokenisation of the whole
-  text (what OpenRLHF's `serve_rm` and TRL's model path do); the boundary is where the prompt's tokens end when the
-  query starts with its prompt, else the judge finds the response from `config.response_template`.
-- A different policy template (`--policy-tokenizer`): the conversation is recovered from the text by inverting the
-  policy's chat template (`ChatTemplateParser`: the text the template puts around each role's content is learnt by
-  rendering probe conversations), then rendered with the judge's template through `encode_prompt_response`, exactly
-  as in-process scoring encodes that conversation.
+By default the conversation is recovered from the text (`ChatTemplateParser`: the judge's own template, then the
+`--policy-tokenizer`'s, then the known template families ChatML, Llama-3, Mistral, Gemma and Phi-3) and scored as the
+judge's template renders it, through `encode_prompt_response`, exactly as `score_responses` encodes that
+conversation. A text no parser recognises is scored as is and reported (`scored_as_is`). With `recover=False`
+(`adajudge serve --score-as-is`) every text is scored exactly as sent.
 
-Pairs given as text or messages (`/score`, the TRL reward function) go through `encode_prompt_response` as the
-in-process scorer does. Over-long items are cut like the scorer cuts them (`truncate_left`) or refused.
+Over-long items are cut like the scorer cuts them (`truncate_left`) or refused.
 """
 
-from dataclasses import dataclass
-from typing import Any
+import logging
+from collections.abc import Callable
 
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers import PreTrainedTokenizerBase
 
-from ..tokenization import Messages, align_formats, encode_prompt_response, truncate_left
+from ..tokenization import EncodedExample, Messages, align_formats, encode_prompt_response, truncate_left
 
+
+logger = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
 _PROBES = ("ADAJUDGEPROBEA", "ADAJUDGEPROBEB", "ADAJUDGEPROBEC")
 
+# Chat-template families recognised without the policy's tokenizer: (template, special tokens, variables).
+KNOWN_TEMPLATES = {
+    "chatml": (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+        ("<|im_start|>", "<|im_end|>", "<|endoftext|>"),
+    ),
+    "llama3": (
+        "<|begin_of_text|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+        "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+        (
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|eot_id|>",
+            "<|eom_id|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+        ),
+    ),
+    "mistral": (
+        "<s>{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+        "{% elif m['role'] == 'assistant' %} {{ m['content'] }}</s>{% endif %}{% endfor %}",
+        ("<s>", "</s>"),
+    ),
+    "gemma": (
+        "<bos>{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+        "{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n"
+        "{% endif %}",
+        ("<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>"),
+    ),
+    "phi3": (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% else %}<|endoftext|>{% endif %}",
+        ("<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|endoftext|>"),
+    ),
+}
+
 
 class ItemTooLong(ValueError):
     """An item longer than `max_length` while the server refuses over-long items (HTTP 413)."""
-
-
-@dataclass
-class ServeItem:
-    """Token ids of one item; `prompt_length` None when the boundary is left to the judge's response template."""
-
-    input_ids: list[int]
-    prompt_length: int | None
-    truncated: bool = False
 
 
 def _common_suffix(a: str, b: str) -> str:
@@ -59,31 +91,53 @@ def _split_probes(text: str, probes: tuple[str, ...]) -> list[str]:
 
 
 class ChatTemplateParser:
-    """Recover the messages of a text rendered with a tokenizer's chat template.
+    """Recover the messages of a text rendered with a chat template (a tokenizer's, or a known family's).
 
     The template is rendered on probe conversations; what it writes before the first message (`preamble`) and around
     each role's content (`prefixes`, `suffixes`) is read off between the probes. Parsing walks the text with those
     markers. The last message may lack its suffix (a generation that stopped at the end-of-turn token, or was cut);
-    trailing special tokens (EOS, padding) are dropped from it.
+    trailing special tokens (EOS, padding) are dropped from it. A missing preamble (a BOS the client stripped) is
+    allowed.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, name: str = "tokenizer"):
         if tokenizer.chat_template is None:
-            raise ValueError("The policy tokenizer has no chat template, so its texts cannot be parsed into messages.")
-        self.special_tokens = sorted((t for t in tokenizer.all_special_tokens if t), key=len, reverse=True)
+            raise ValueError(
+                f"The {name} tokenizer has no chat template, so its texts cannot be parsed into messages."
+            )
 
-        def render(messages: list[tuple[str, str]], generation: bool = False) -> str:
-            chat = [{"role": role, "content": content} for role, content in messages]
-            return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=generation)
+        def render(messages: Messages, generation: bool) -> str:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+
+        self._learn(name, render, [token for token in tokenizer.all_special_tokens if token])
+
+    @classmethod
+    def from_template(cls, name: str, template: str, special_tokens: tuple[str, ...]) -> "ChatTemplateParser":
+        """A parser of a known template family, rendered with Jinja as transformers renders chat templates."""
+        compiled = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
+        parser = cls.__new__(cls)
+        parser._learn(
+            name,
+            lambda messages, generation: compiled.render(messages=messages, add_generation_prompt=generation),
+            list(special_tokens),
+        )
+        return parser
+
+    def _learn(self, name: str, render: Callable[[Messages, bool], str], special_tokens: list[str]) -> None:
+        self.name = name
+        self.special_tokens = sorted(set(special_tokens), key=len, reverse=True)
+
+        def chat(*turns: tuple[str, str]) -> Messages:
+            return [{"role": role, "content": content} for role, content in turns]
 
         a, b, c = _PROBES
         try:
             before_a, between_ab, between_bc, _ = _split_probes(
-                render([("user", a), ("assistant", b), ("user", c)]), _PROBES
+                render(chat(("user", a), ("assistant", b), ("user", c)), False), _PROBES
             )
-            _, after_a = _split_probes(render([("user", a)]), (a,))
+            _, after_a = _split_probes(render(chat(("user", a)), False), (a,))
         except Exception as error:
-            raise ValueError(f"Cannot invert the policy chat template: {error}.") from error
+            raise ValueError(f"Cannot invert the {name} chat template: {error}.") from error
         user_prefix = _common_suffix(before_a, between_bc)
         # "<|begin_of_text|>" and "<|eot_id|>" share "|>": start the header where a special token or a line ends.
         while user_prefix and not (
@@ -99,7 +153,7 @@ class ChatTemplateParser:
         self.prefixes = {"user": user_prefix, "assistant": between_ab[len(user_suffix) :]}
         self.suffixes = {"user": user_suffix, "assistant": assistant_suffix}
         try:  # a system turn is optional: some templates fold it into the first user turn or refuse it
-            before_s, between_sa, _ = _split_probes(render([("system", c), ("user", a)]), (c, a))
+            before_s, between_sa, _ = _split_probes(render(chat(("system", c), ("user", a)), False), (c, a))
             if before_s.startswith(self.preamble) and between_sa.endswith(user_prefix):
                 self.prefixes["system"] = before_s[len(self.preamble) :]
                 self.suffixes["system"] = between_sa[: len(between_sa) - len(user_prefix)]
@@ -107,12 +161,17 @@ class ChatTemplateParser:
             pass
         if not all(self.prefixes.values()) or not all(self.suffixes.values()):
             raise ValueError(
-                "Cannot invert the policy chat template: it writes no marker around some role's content "
+                f"Cannot invert the {name} chat template: it writes no marker around some role's content "
                 f"(prefixes {self.prefixes}, suffixes {self.suffixes})."
             )
-        probe = [("user", "Hello there, how are you?"), ("assistant", "Fine, thanks.")]
-        if self.parse(render(probe)) != [{"role": r, "content": t} for r, t in probe]:
-            raise ValueError("Cannot invert the policy chat template: a probe conversation does not parse back.")
+        probe = chat(("user", "Hello there, how are you?"), ("assistant", "Fine, thanks."))
+        if self.parse(render(probe, False)) != probe:
+            raise ValueError(f"Cannot invert the {name} chat template: a probe conversation does not parse back.")
+
+    @property
+    def markers(self) -> tuple:
+        """What the parser recognises (two parsers with equal markers parse alike)."""
+        return self.preamble, tuple(sorted(self.prefixes.items())), tuple(sorted(self.suffixes.items()))
 
     def _strip_trailing_specials(self, text: str) -> str:
         stripped = True
@@ -123,17 +182,41 @@ class ChatTemplateParser:
                     text, stripped = text[: -len(token)], True
         return text
 
-    def parse(self, text: str) -> Messages:
-        """The messages of `text`; a ValueError that says where the text leaves the template."""
-        position = len(self.preamble) if text.startswith(self.preamble) else 0
+    def _role_at(self, text: str, position: int) -> str | None:
+        return next((r for r in ROLES if r in self.prefixes and text.startswith(self.prefixes[r], position)), None)
+
+    def _leading_fragment(self, text: str) -> tuple[dict, int]:
+        """The tail of a message a client cut from the left: (that message, where the next header starts)."""
+        found = None
+        for role in ("user", "system", "assistant"):  # a cut prompt most often starts inside a user turn
+            if role not in self.suffixes:
+                continue
+            for following in self.prefixes.values():
+                index = text.find(self.suffixes[role] + following)
+                if index != -1 and (found is None or index < found[1]):
+                    found = (role, index)
+        if found is None:
+            raise ValueError("the text starts inside a message and no following turn header was found")
+        role, index = found
+        return {"role": role, "content": text[:index]}, index + len(self.suffixes[role])
+
+    def parse(self, text: str, cut: bool = False) -> Messages:
+        """The messages of `text`; a ValueError that says where the text leaves the template.
+
+        `cut`: the text may start inside a message (a client cut the prompt from the left); that message's tail
+        becomes the first message, in the role whose end marker closes it."""
+        position = len(self.preamble) if self.preamble and text.startswith(self.preamble) else 0
         messages = []
+        if cut and position == 0 and self._role_at(text, 0) is None:
+            first, position = self._leading_fragment(text)
+            messages.append(first)
         while position < len(text):
             if not self._strip_trailing_specials(text[position:]).strip():
                 break  # only the template's tail, EOS or padding is left
-            role = next((r for r in ROLES if r in self.prefixes and text.startswith(self.prefixes[r], position)), None)
+            role = self._role_at(text, position)
             if role is None:
                 raise ValueError(
-                    f"The text does not follow the policy chat template at character {position} "
+                    f"The text does not follow the {self.name} chat template at character {position} "
                     f"({text[position : position + 40]!r}); expected one of the role headers "
                     f"{sorted(set(self.prefixes.values()))}."
                 )
@@ -147,8 +230,25 @@ class ChatTemplateParser:
         return messages
 
 
+def _prompt_overlap(query: str, prompt: str) -> int:
+    """Characters at the start of `query` that end `prompt` (the part of a prompt a client cut from the left kept)."""
+    if query.startswith(prompt):
+        return len(prompt)
+    anchor = query[:16]
+    start = prompt.find(anchor) if anchor else -1
+    while start != -1:
+        if query.startswith(prompt[start:]):
+            return len(prompt) - start
+        start = prompt.find(anchor, start + 1)
+    return 0
+
+
 class ItemEncoder:
-    """Encode the items of every endpoint with the judge's tokenizer; cut or refuse those over `max_length`."""
+    """Encode the items of every endpoint with the judge's tokenizer; cut or refuse those over `max_length`.
+
+    Every `from_*` method returns the encoded item and whether it was scored as is (recovery on, no parser
+    recognised the text).
+    """
 
     def __init__(
         self,
@@ -156,64 +256,128 @@ class ItemEncoder:
         max_length: int | None = None,
         refuse_overlong: bool = False,
         policy_tokenizer: PreTrainedTokenizerBase | None = None,
+        recover: bool = True,
     ):
         if max_length is not None and max_length < 2:
             raise ValueError(f"`max_length` must be >= 2, got {max_length}.")
+        if policy_tokenizer is not None and not recover:
+            raise ValueError("`policy_tokenizer` serves to recover conversations; it needs `recover=True`.")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.refuse_overlong = refuse_overlong
-        self.policy_parser = ChatTemplateParser(policy_tokenizer) if policy_tokenizer is not None else None
+        self.parsers: list[ChatTemplateParser] = []
+        if not recover:
+            return
+        if tokenizer.chat_template is None:
+            logger.warning(
+                "The judge's tokenizer has no chat template, so conversations cannot be re-rendered: every text is "
+                "scored as sent."
+            )
+            return
+        candidates = []
+        try:
+            candidates.append(ChatTemplateParser(tokenizer, "judge"))
+        except ValueError as error:
+            logger.warning("%s Texts in the judge's own template are recovered by the known families only.", error)
+        if policy_tokenizer is not None:
+            candidates.append(ChatTemplateParser(policy_tokenizer, "policy"))  # asked for: a failure is an error
+        candidates += [ChatTemplateParser.from_template(name, *spec) for name, spec in KNOWN_TEMPLATES.items()]
+        for parser in candidates:
+            if all(parser.markers != kept.markers for kept in self.parsers):
+                self.parsers.append(parser)
+        self._special_tokens = sorted(
+            {token for parser in self.parsers for token in parser.special_tokens} | set(tokenizer.all_special_tokens),
+            key=len,
+            reverse=True,
+        )
 
-    def _fit(self, input_ids: list[int], prompt_length: int | None) -> ServeItem:
+    @property
+    def recovers(self) -> bool:
+        return bool(self.parsers)
+
+    def conversation(self, text: str, cut: bool = False) -> Messages | None:
+        """The conversation `text` holds, ending with an assistant turn to score; None when no parser recognises it."""
+        for allow_cut in (False, True) if cut else (False,):
+            for parser in self.parsers:
+                try:
+                    messages = parser.parse(text, cut=allow_cut)
+                except ValueError:
+                    continue
+                if messages and messages[-1]["role"] == "assistant" and messages[-1]["content"].strip():
+                    return messages
+        return None
+
+    def _fit(self, input_ids: list[int], prompt_length: int | None) -> EncodedExample:
         if self.max_length is None or len(input_ids) <= self.max_length:
-            return ServeItem(list(input_ids), prompt_length)
+            return EncodedExample(list(input_ids), prompt_length)
         if self.refuse_overlong:
             raise ItemTooLong(
                 f"item has {len(input_ids)} tokens, more than max_length={self.max_length}; shorten it (or start the "
                 "server with `--overlong truncate` to cut the start of the prompt)"
             )
         cut = truncate_left(input_ids, prompt_length or 0, self.max_length, self.tokenizer.bos_token_id)
-        return ServeItem(cut.input_ids, cut.prompt_length if prompt_length is not None else None, truncated=True)
+        return EncodedExample(cut.input_ids, cut.prompt_length if prompt_length is not None else None, truncated=True)
 
-    def from_pair(self, prompt: str | Messages | None, response: str | Messages) -> ServeItem:
-        """A (prompt, response) as `score_responses` encodes it (text, or messages through the judge's template)."""
-        if self.policy_parser is not None and isinstance(prompt, str) and isinstance(response, str):
-            return self.from_query(prompt + response, prompt)
-        encoded = encode_prompt_response(self.tokenizer, *align_formats(prompt, response))
+    def _from_messages(self, messages: Messages) -> EncodedExample | None:
+        """The judge's rendering of a recovered conversation; None when its template cannot render it."""
+        try:
+            encoded = encode_prompt_response(self.tokenizer, messages[:-1] or None, messages[-1:])
+        except Exception as error:  # e.g. a template that refuses a system turn
+            logger.debug("The judge's template cannot render a recovered conversation: %s", error)
+            return None
         return self._fit(encoded.input_ids, encoded.prompt_length)
 
-    def from_query(self, query: str, prompt: str | None = None) -> ServeItem:
-        """An OpenRLHF query (prompt + response in the policy's template) and its prompt, if given."""
-        if prompt is not None and not query.startswith(prompt):
-            raise ValueError("the query does not start with its prompt; send the prompt the query was generated from")
-        if self.policy_parser is not None:
-            messages = self.policy_parser.parse(query)
-            if not messages or messages[-1]["role"] != "assistant":
-                raise ValueError("the query has no assistant turn at its end to score")
-            return self.from_pair(messages[:-1], messages[-1:])
+    def _strip_trailing_specials(self, text: str) -> str:
+        stripped = True
+        while stripped:
+            stripped = False
+            for token in self._special_tokens if self.parsers else self.tokenizer.all_special_tokens:
+                if token and text.endswith(token):
+                    text, stripped = text[: -len(token)], True
+        return text
+
+    def from_pair(self, prompt: str | Messages | None, response: str | Messages) -> tuple[EncodedExample, bool]:
+        """A (prompt, response) as `score_responses` encodes it: messages through the judge's template, a templated
+        prompt text + response recovered as a conversation, other text as a plain pair."""
+        if isinstance(response, str) and not response.strip():
+            raise ValueError("empty response")
+        if isinstance(prompt, list) and isinstance(response, str):
+            response = self._strip_trailing_specials(response)  # slime keeps the EOS text; the template adds it
+        if isinstance(prompt, (str, type(None))) and isinstance(response, str) and self.recovers:
+            messages = self.conversation((prompt or "") + response)
+            if messages is not None and (encoded := self._from_messages(messages)) is not None:
+                return encoded, False
+            scored_as_is = True
+        else:
+            scored_as_is = False
+        encoded = encode_prompt_response(self.tokenizer, *align_formats(prompt, response))
+        return self._fit(encoded.input_ids, encoded.prompt_length), scored_as_is
+
+    def from_query(self, query: str, prompt: str | None = None) -> tuple[EncodedExample, bool]:
+        """An OpenRLHF query (prompt + response as the policy generated it) and, to help find the boundary, its
+        prompt text (which a client may have cut from the left in the query)."""
+        cut = bool(prompt) and not query.startswith(prompt)
+        if self.recovers and (messages := self.conversation(query, cut)) is not None:
+            if (encoded := self._from_messages(messages)) is not None:
+                return encoded, False
         input_ids = self.tokenizer(query, add_special_tokens=False)["input_ids"]
         prompt_length = None
-        if prompt:
-            prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        kept = _prompt_overlap(query, prompt) if prompt else 0
+        if kept:
+            prompt_ids = self.tokenizer(query[:kept], add_special_tokens=False)["input_ids"]
             if input_ids[: len(prompt_ids)] == prompt_ids and len(prompt_ids) < len(input_ids):
                 prompt_length = len(prompt_ids)
-        if not input_ids or (prompt_length is None and prompt and query == prompt):
+        if not input_ids or (prompt and query == prompt):
             raise ValueError("empty response: the query holds nothing after its prompt")
-        return self._fit(input_ids, prompt_length)
+        return self._fit(input_ids, prompt_length), self.recovers
 
-    def from_text(self, text: str) -> ServeItem:
-        """A vLLM `/classify` input: the text as is, special tokens added as vLLM adds them."""
+    def from_text(self, text: str) -> tuple[EncodedExample, bool]:
+        """A vLLM `/classify` input: a rendered conversation (verl strips its leading BOS); scored as is, special
+        tokens added as vLLM adds them, when no parser recognises it."""
+        if self.recovers and (messages := self.conversation(text)) is not None:
+            if (encoded := self._from_messages(messages)) is not None:
+                return encoded, False
         input_ids = self.tokenizer(text)["input_ids"]
         if not input_ids:
             raise ValueError("empty input")
-        return self._fit(input_ids, None)
-
-
-def as_messages(value: Any) -> str | Messages:
-    """Pass text through; check a list of messages has role and content strings."""
-    if isinstance(value, str):
-        return value
-    for message in value:
-        if not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
-            raise ValueError("each message needs a 'role' and a 'content' string")
-    return value
+        return self._fit(input_ids, None), self.recovers
