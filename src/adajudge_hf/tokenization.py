@@ -29,10 +29,12 @@ Messages = list[dict[str, Any]]
 
 @dataclass
 class EncodedExample:
-    """Token ids of prompt + response, the number of prompt tokens, and whether `max_length` cut the example."""
+    """Token ids of prompt + response, the number of prompt tokens, and whether `max_length` cut the example.
+
+    `prompt_length` is None only for a served text whose boundary is left to the judge's response template."""
 
     input_ids: list[int]
-    prompt_length: int
+    prompt_length: int | None
     truncated: bool = False
 
 
