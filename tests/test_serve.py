@@ -16,7 +16,7 @@ from adajudge_hf import AdaJudgeForRewardModeling
 from adajudge_hf.evaluation import score_responses
 from adajudge_hf.modeling import find_response_template
 from adajudge_hf.serve import AdaJudgeReward, ChatTemplateParser, LoadedJudge, ServeConfig, create_app
-from adajudge_hf.testing import make_tiny_judge_config, make_tiny_tokenizer
+from adajudge_hf.testing import free_port, make_tiny_judge_config, make_tiny_tokenizer
 from adajudge_hf.tokenization import encode_prompt_response
 
 
@@ -241,6 +241,10 @@ class FailOnToken(torch.nn.Module):
     def device(self):
         return self.judge.device
 
+    @property
+    def dtype(self):
+        return self.judge.dtype
+
     def forward(self, **inputs):
         if (inputs["input_ids"] == self.token).any():
             raise RuntimeError("simulated failure")
@@ -319,8 +323,8 @@ def test_reward_function_equals_passing_the_judge_to_trl(judge, chatml):
 
 
 @contextmanager
-def running_server(app):
-    """Serve `app` with uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL."""
+def running_server(app, health: bool = True):
+    """Serve `app` with uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL once it is healthy."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -331,7 +335,7 @@ def running_server(app):
             time.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
         url = f"http://127.0.0.1:{port}"
-        for _ in range(1000):
+        for _ in range(1000 if health else 0):
             if httpx.get(f"{url}/health").status_code == 200:
                 break
             time.sleep(0.01)
@@ -505,3 +509,379 @@ def test_an_empty_shard_gets_empty_lists_with_every_log_key(judge, chatml):
     assert set(empty.json()["extra_logs"]) == set(one.json()["extra_logs"])
     assert all(values == [] for values in empty.json()["extra_logs"].values())
     assert all(key.startswith("judge/") for key in one.json()["extra_logs"])  # never hides a client's own metric
+
+
+# --- The clients as released: texts as they build them, the judge's reward of the conversation -------------------
+
+
+def client_query(tokenizer, prompt, response: str, ending: str = "eos") -> tuple[str, str, str]:
+    """(query, prompt text, the response the judge should score) as an RL client builds them: prompt ids with the
+    generation prompt, then the generated ids, decoded with special tokens. `ending`: "eos" (generation stopped at the
+    end-of-turn token), "cut" (`max_tokens` cut it, no EOS)."""
+    prompt_ids = list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"])
+    output_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if ending == "cut":
+        output_ids = output_ids[: max(1, len(output_ids) // 2)]
+    else:
+        output_ids = output_ids + [tokenizer.eos_token_id]
+    scored = tokenizer.decode(output_ids, skip_special_tokens=True)
+    return tokenizer.decode(prompt_ids + output_ids), tokenizer.decode(prompt_ids), scored
+
+
+def turn(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def close(actual, expected, rtol=1e-5):
+    torch.testing.assert_close(torch.tensor(actual), torch.as_tensor(expected).float(), rtol=rtol, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def llama3():
+    return make_tiny_tokenizer("llama3")
+
+
+@pytest.mark.parametrize("ending", ["eos", "cut"])
+@pytest.mark.parametrize("policy", ["chatml", "llama3"])
+def test_openrlhf_queries_get_the_reward_of_the_conversation(judge, chatml, llama3, policy, ending):
+    """OpenRLHF's query ends where generation stopped (`...Paris.<|im_end|>` or mid-word), in the policy's template;
+    the reward is the judge's reward of that conversation in its own template, with no `--policy-tokenizer` for a
+    known template family."""
+    policy_tokenizer = {"chatml": chatml, "llama3": llama3}[policy]
+    prompts, responses = conversations()
+    built = [client_query(policy_tokenizer, p, r[0]["content"], ending) for p, r in zip(prompts, responses)]
+    if policy == "chatml" and ending == "eos":
+        assert built[0][0].endswith("<|im_end|>") and not built[0][0].endswith("\n")
+    expected = score_responses(judge, chatml, prompts, [turn(s) for _, _, s in built], show_progress=False)
+
+    async def run():
+        async with asgi_client(serve(judge, chatml)) as client:
+            with_prompts = await client.post(
+                "/get_reward", json={"query": [q for q, _, _ in built], "prompts": [p for _, p, _ in built]}
+            )
+            one_each = await asyncio.gather(
+                *(
+                    client.post("/get_reward", json={"query": [q], "prompts": [p], "labels": [None]})
+                    for q, p, _ in built
+                )
+            )
+            return with_prompts, one_each
+
+    with_prompts, one_each = asyncio.run(run())
+    assert with_prompts.status_code == 200, with_prompts.text
+    close(with_prompts.json()["rewards"], expected.rewards)
+    close([answer.json()["rewards"][0] for answer in one_each], expected.rewards)
+    assert with_prompts.json()["extra_logs"]["judge/scored_as_is"] == [0.0] * len(built)
+
+
+def test_verl_classify_without_bos_and_slime_score_get_the_reward_of_the_conversation(llama3):
+    """verl renders with the judge's template and strips the leading BOS; slime sends the templated prompt (or the
+    messages) and a response that keeps the EOS text. Both get the reward of the conversation, EOS not doubled."""
+    judge = make_tiny_judge(llama3, seed=3)
+    prompts, responses = conversations()
+    answers = [r[0]["content"] for r in responses]
+    expected = score_responses(judge, llama3, prompts, responses, show_progress=False).rewards
+    verl = [render(llama3, p, r).removeprefix(llama3.bos_token) for p, r in zip(prompts, responses)]
+    assert not verl[0].startswith(llama3.bos_token)
+
+    async def run():
+        async with asgi_client(serve(judge, llama3)) as client:
+            classify = await client.post("/classify", json={"model": "judge", "input": verl, "use_activation": False})
+            templated = [
+                await client.post(
+                    "/score", json={"prompt": render(llama3, p), "response": a + llama3.eos_token, "label": ""}
+                )
+                for p, a in zip(prompts, answers)
+            ]
+            messages = [
+                await client.post("/score", json={"prompt": p, "response": a + llama3.eos_token, "label": ""})
+                for p, a in zip(prompts, answers)
+            ]
+            return classify, templated, messages
+
+    classify, templated, messages = asyncio.run(run())
+    assert classify.status_code == 200, classify.text
+    close([d["probs"][0] for d in classify.json()["data"]], expected)
+    close([answer.json()["reward"] for answer in templated], expected)
+    close([answer.json()["reward"] for answer in messages], expected)
+    assert not any(answer.json()["scored_as_is"] for answer in templated + messages)
+
+
+def test_bf16_judge_serves_the_reward_of_the_conversation(chatml):
+    judge = make_tiny_judge(chatml, seed=4).to(torch.bfloat16)
+    prompts, responses = conversations()
+    built = [client_query(chatml, p, r[0]["content"]) for p, r in zip(prompts, responses)]
+    expected = score_responses(judge, chatml, prompts, [turn(s) for _, _, s in built], show_progress=False).rewards
+
+    async def run():
+        async with asgi_client(serve(judge, chatml, max_wait_ms=0, pack=False)) as client:
+            return await client.post("/get_reward", json={"query": [q for q, _, _ in built]})
+
+    answer = asyncio.run(run())
+    assert answer.status_code == 200, answer.text
+    torch.testing.assert_close(torch.tensor(answer.json()["rewards"]), expected, atol=0.03, rtol=0)
+
+
+def test_score_as_is_scores_the_text_exactly_as_sent(judge, chatml):
+    prompt = [{"role": "user", "content": QUESTIONS[0]}]
+    query, prompt_text, scored = client_query(chatml, prompt, "Paris.")
+    ids = chatml(query, add_special_tokens=False)["input_ids"]
+    prompt_length = len(chatml(prompt_text, add_special_tokens=False)["input_ids"])
+    with torch.inference_mode():
+        as_sent = judge(input_ids=torch.tensor([ids]), prompt_lengths=torch.tensor([prompt_length])).logits[0, 0]
+    conversation = score_responses(judge, chatml, [prompt], [turn(scored)], show_progress=False).rewards[0]
+    assert abs(as_sent - conversation) > 1e-4  # the trailing "\n" of the template matters to the judge
+
+    async def run():
+        answers = []
+        for score_as_is in (True, False):
+            async with asgi_client(serve(judge, chatml, score_as_is=score_as_is)) as client:
+                reward = await client.post("/get_reward", json={"query": [query], "prompts": [prompt_text]})
+                answers.append((reward, (await client.get("/info")).json()))
+        return answers
+
+    (as_is, as_is_info), (recovered, recovered_info) = asyncio.run(run())
+    assert as_is.json()["rewards"][0] == pytest.approx(as_sent.item(), rel=1e-5)
+    assert recovered.json()["rewards"][0] == pytest.approx(conversation.item(), rel=1e-5)
+    assert as_is_info["texts"] == "scored as sent" and as_is_info["chat_template_parsers"] == []
+    assert recovered_info["texts"] == "recovered as conversations"
+    assert (
+        recovered_info["chat_template_parsers"][0] == "judge" and "llama3" in recovered_info["chat_template_parsers"]
+    )
+
+
+def test_a_text_no_parser_recognises_is_scored_as_is_and_counted(judge, chatml):
+    plain = "Question: what is the capital of France? Answer: Paris."
+    known = client_query(chatml, [{"role": "user", "content": "Hi"}], "Hello!")[0]
+
+    async def run():
+        async with asgi_client(serve(judge, chatml)) as client:
+            answer = await client.post("/get_reward", json={"query": [plain, known, plain]})
+            return answer, (await client.get("/metrics")).text
+
+    answer, metrics = asyncio.run(run())
+    assert answer.status_code == 200
+    assert answer.json()["extra_logs"]["judge/scored_as_is"] == [1.0, 0.0, 1.0]
+    assert metric(metrics, "adajudge_scored_as_is_total") == 2
+    with torch.inference_mode():
+        ids = torch.tensor([chatml(plain, add_special_tokens=False)["input_ids"]])
+        assert answer.json()["rewards"][0] == pytest.approx(judge(input_ids=ids).logits[0, 0].item(), rel=1e-5)
+
+
+def test_a_prompt_the_client_cut_is_still_scored(judge, chatml):
+    """OpenRLHF cuts an over-long prompt's ids from the left but posts the whole prompt text: the query is the truth,
+    its first (cut) message is scored as what is left of it."""
+    prompt = [{"role": "user", "content": "Numbers: 0 1 2 3 4 5 6 7 8 9 10 42 100. What is the capital of France?"}]
+    query, prompt_text, scored = client_query(chatml, prompt, "Paris.")
+    cut_query = query[30:]  # inside the user's message
+    left = prompt[0]["content"][30 - len("<|im_start|>user\n") :]
+    assert cut_query.startswith(left) and not cut_query.startswith(prompt_text)
+    expected = score_responses(
+        judge, chatml, [[{"role": "user", "content": left}]], [turn(scored)], show_progress=False
+    )
+
+    async def run():
+        async with asgi_client(serve(judge, chatml)) as client:
+            return await client.post("/get_reward", json={"query": [cut_query], "prompts": [prompt_text]})
+
+    answer = asyncio.run(run())
+    assert answer.status_code == 200, answer.text
+    close(answer.json()["rewards"], expected.rewards)
+
+
+def test_activation_and_use_activation_both_apply_the_sigmoid(judge, chatml):
+    text = render(chatml, [{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "Hello!"}])
+
+    async def run():
+        async with asgi_client(serve(judge, chatml)) as client:
+            return {
+                name: (await client.post("/classify", json={"input": [text], **flag})).json()["data"][0]["probs"][0]
+                for name, flag in {
+                    "raw": {}, "use_activation": {"use_activation": True}, "activation": {"activation": True},
+                    "use_activation off": {"use_activation": False, "activation": True},
+                }.items()
+            }  # fmt: skip
+
+    probs = asyncio.run(run())
+    assert probs["use_activation"] == probs["activation"] == pytest.approx(torch.tensor(probs["raw"]).sigmoid().item())
+    assert probs["use_activation off"] == probs["raw"]  # the newer name wins
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_bigger_requests_enter_in_parts(judge, chatml):
+    gate = Gate(judge)
+    gate.release.set()  # let the warm-up through
+    prompts, responses = conversations()
+    queries = [render(chatml, p, r) for p, r in zip(prompts, responses)]
+    expected = score_responses(judge, chatml, prompts, responses, show_progress=False).rewards
+
+    async def run():
+        async with asgi_client(serve(gate, chatml, max_queue=4, max_wait_ms=0, max_batch_tokens=64)) as client:
+            gate.release.clear()
+            gate.entered.clear()
+            busy = asyncio.create_task(client.post("/get_reward", json={"query": queries[:1]}))
+            await asyncio.to_thread(gate.entered.wait, 10)  # the model holds the first request
+            big = asyncio.create_task(client.post("/get_reward", json={"query": queries}))  # 14 items, queue of 4
+            await asyncio.sleep(0.2)
+            refused = await client.post("/get_reward", json={"query": queries[:1]})
+            gate.release.set()
+            return await busy, await big, refused
+
+    busy, big, refused = asyncio.run(run())
+    assert busy.status_code == big.status_code == 200
+    close(big.json()["rewards"], expected)  # every item, in order
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+    assert "--max-queue" in refused.json()["error"]
+
+
+class CountingReplica(FailOnToken):
+    """A replica that counts its forward passes and can fail its `fail_on`-th one (a stand-in for an OOM)."""
+
+    def __init__(self, judge, fail_on: int | None = None):
+        super().__init__(judge, token=-1)
+        self.calls, self.fail_on = 0, fail_on
+
+    def forward(self, **inputs):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise RuntimeError("simulated failure on one replica")
+        return self.judge(**inputs)
+
+
+def test_replicas_share_one_queue_with_the_same_rewards_in_order(judge, chatml):
+    import copy
+
+    first, second = CountingReplica(judge), CountingReplica(copy.deepcopy(judge), fail_on=2)  # 1: warm-up
+    prompts, responses = conversations(group_size=6)
+    queries = [render(chatml, p, r) for p, r in zip(prompts, responses)]
+    expected = score_responses(judge, chatml, prompts, responses, show_progress=False).rewards
+    app = create_app(
+        LoadedJudge(first, chatml, replicas=[second], info={"name": "tiny"}),
+        ServeConfig(max_wait_ms=0, max_batch_tokens=48, pack=False),
+    )
+
+    async def run():
+        async with asgi_client(app) as client:
+            answers = await asyncio.gather(*(client.post("/get_reward", json={"query": [q]}) for q in queries))
+            again = await asyncio.gather(*(client.post("/get_reward", json={"query": [q]}) for q in queries))
+            return answers, again, (await client.get("/info")).json()
+
+    answers, again, info = asyncio.run(run())
+    failed = [i for i, answer in enumerate(answers) if answer.status_code != 200]
+    assert failed and all(answers[i].status_code == 500 for i in failed)  # only the failed pass's requests
+    assert "simulated failure" in answers[failed[0]].json()["error"]
+    assert len(failed) < len(queries)
+    ok = [i for i in range(len(queries)) if i not in failed]
+    close([answers[i].json()["rewards"][0] for i in ok], expected[ok])
+    assert [answer.status_code for answer in again] == [200] * len(queries)  # both replicas keep serving
+    close([answer.json()["rewards"][0] for answer in again], expected)
+    assert first.calls > 2 and second.calls > 2  # both took passes
+    assert info["devices"] == ["cpu", "cpu"]
+
+
+def test_load_for_serving_puts_one_replica_on_each_device(tmp_path, chatml):
+    from adajudge_hf import save_judge
+    from adajudge_hf.serve import load_for_serving
+
+    save_judge(make_tiny_judge(chatml), tmp_path / "judge", form="full", tokenizer=chatml)
+    loaded = load_for_serving(str(tmp_path / "judge"), device="cpu,cpu")
+    assert len(loaded.models) == 2 and loaded.models[0] is not loaded.models[1]
+    for a, b in zip(loaded.models[0].parameters(), loaded.models[1].parameters()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+
+
+# --- Who may call it ---------------------------------------------------------------------------------------------
+
+
+def test_an_api_key_guards_every_endpoint_but_health(judge, chatml):
+    body = {"query": [render(chatml, [{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "Yo"}])]}
+
+    async def run():
+        app = serve(judge, chatml, api_key="s3cret")
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://judge", timeout=30) as client:
+                while (await client.get("/health")).status_code != 200:  # open without a key
+                    await asyncio.sleep(0.01)
+                good = {"Authorization": "Bearer s3cret"}
+                return {
+                    "none": await client.post("/get_reward", json=body),
+                    "wrong": await client.post("/get_reward", json=body, headers={"Authorization": "Bearer nope"}),
+                    "metrics": await client.get("/metrics"),
+                    "info": await client.get("/info"),
+                    "good": await client.post("/get_reward", json=body, headers=good),
+                    "good info": await client.get("/info", headers=good),
+                }
+
+    answers = asyncio.run(run())
+    for name in ("none", "wrong", "metrics", "info"):
+        assert answers[name].status_code == 401, name
+        assert "Authorization: Bearer" in answers[name].json()["error"]
+    assert answers["good"].status_code == 200 and answers["good info"].json()["api_key_required"] is True
+
+
+def test_bodies_and_item_counts_over_the_limits_get_413_before_parsing(judge, chatml):
+    async def run():
+        async with asgi_client(serve(judge, chatml, max_body_bytes=2000, max_items_per_request=3)) as client:
+
+            async def chunks():  # no Content-Length: the bound holds while reading
+                for _ in range(10):
+                    yield b'{"query": ["' + b"x" * 500 + b'"]}'
+
+            return {
+                "declared": await client.post("/get_reward", json={"query": ["x" * 3000]}),
+                "streamed": await client.post("/get_reward", content=chunks()),
+                "items": await client.post("/get_reward", json={"query": ["a", "b", "c", "d"]}),
+                "responses": await client.post("/score", json={"prompt": "Hi", "responses": ["a", "b", "c", "d"]}),
+                "within": await client.post("/get_reward", json={"query": ["a b", "c d", "e f"]}),
+            }
+
+    answers = asyncio.run(run())
+    assert answers["declared"].status_code == answers["streamed"].status_code == 413
+    assert "--max-body-bytes" in answers["declared"].json()["error"]
+    assert answers["items"].status_code == answers["responses"].status_code == 413
+    assert "--max-items-per-request" in answers["items"].json()["error"]
+    assert answers["within"].status_code == 200
+
+
+def test_serving_beyond_loopback_without_a_key_warns(tmp_path, caplog):
+    from adajudge_hf.cli import main
+
+    for host, key, warned in (("0.0.0.0", [], True), ("0.0.0.0", ["--api-key", "k"], False), ("127.0.0.1", [], False)):
+        caplog.clear()
+        assert main(["serve", str(tmp_path / "missing"), "--host", host, *key]) == 2
+        assert ("without an API key" in caplog.text) == warned, host
+
+
+# --- AdaJudgeReward(url): retries --------------------------------------------------------------------------------
+
+
+def test_remote_reward_retries_timeouts_and_503_then_gives_up_clearly(judge, chatml):
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    calls = []
+    stub = FastAPI()
+
+    @stub.post("/score")
+    async def flaky(body: dict):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            await asyncio.sleep(1.0)  # past the client's timeout
+        if len(calls) <= 2:
+            return JSONResponse({"error": "the queue is full"}, status_code=503, headers={"Retry-After": "0"})
+        return {"rewards": [0.5] * len(body["responses"])}
+
+    prompt = [{"role": "user", "content": "Hi"}]
+    with running_server(stub, health=False) as url:
+        remote = AdaJudgeReward(url, timeout=0.3, max_retries=4, retry_delay=0.01)
+        assert asyncio.run(remote(prompts=[prompt, prompt], completions=["a", "b"])) == [0.5, 0.5]
+    assert len(calls) == 3
+
+    down = AdaJudgeReward(f"http://127.0.0.1:{free_port()}", max_retries=3, retry_delay=0.01)
+    began = time.monotonic()
+    with pytest.raises(ConnectionError, match="gave no reward after 3 tries"):
+        asyncio.run(down(prompts=[prompt], completions=["a"]))
+    assert time.monotonic() - began < 5
+    bounded = AdaJudgeReward(f"http://127.0.0.1:{free_port()}", max_retries=100, retry_delay=0.2, max_retry_seconds=1)
+    with pytest.raises(ConnectionError, match="tries in"):
+        asyncio.run(bounded(prompts=[prompt], completions=["a"]))
