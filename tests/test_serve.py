@@ -885,3 +885,35 @@ def test_remote_reward_retries_timeouts_and_503_then_gives_up_clearly(judge, cha
     bounded = AdaJudgeReward(f"http://127.0.0.1:{free_port()}", max_retries=100, retry_delay=0.2, max_retry_seconds=1)
     with pytest.raises(ConnectionError, match="tries in"):
         asyncio.run(bounded(prompts=[prompt], completions=["a"]))
+
+
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_a_judge_whose_bos_is_its_turn_header_gets_verl_texts_right():
+    """SmolLM2's tokenizer: BOS is `<|im_start|>` and the template adds a default system turn. verl strips the BOS,
+    so the text starts `system\\n...`; it is read with the BOS put back. A custom system turn is kept."""
+    tokenizer = make_tiny_tokenizer("chatml")
+    tokenizer.bos_token, tokenizer.chat_template = "<|im_start|>", SMOLLM2_TEMPLATE
+    judge = make_tiny_judge(tokenizer, seed=5)
+    prompts, responses = conversations()
+    prompts[1] = [{"role": "system", "content": "Be brief."}, *prompts[1]]
+    expected = score_responses(judge, tokenizer, prompts, responses, show_progress=False).rewards
+    verl = [render(tokenizer, p, r).removeprefix("<|im_start|>") for p, r in zip(prompts, responses)]
+    built = [client_query(tokenizer, p, r[0]["content"]) for p, r in zip(prompts, responses)]
+
+    async def run():
+        async with asgi_client(serve(judge, tokenizer)) as client:
+            classify = await client.post("/classify", json={"input": verl, "use_activation": False})
+            openrlhf = await client.post("/get_reward", json={"query": [q for q, _, _ in built]})
+            return classify, openrlhf
+
+    classify, openrlhf = asyncio.run(run())
+    close([d["probs"][0] for d in classify.json()["data"]], expected)
+    close(openrlhf.json()["rewards"], expected)
+    assert openrlhf.json()["extra_logs"]["judge/scored_as_is"] == [0.0] * len(built)

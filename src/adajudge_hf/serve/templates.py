@@ -266,6 +266,7 @@ class ItemEncoder:
         self.max_length = max_length
         self.refuse_overlong = refuse_overlong
         self.parsers: list[ChatTemplateParser] = []
+        self._special_tokens = [token for token in tokenizer.all_special_tokens if token]
         if not recover:
             return
         if tokenizer.chat_template is None:
@@ -285,26 +286,29 @@ class ItemEncoder:
         for parser in candidates:
             if all(parser.markers != kept.markers for kept in self.parsers):
                 self.parsers.append(parser)
-        self._special_tokens = sorted(
-            {token for parser in self.parsers for token in parser.special_tokens} | set(tokenizer.all_special_tokens),
-            key=len,
-            reverse=True,
-        )
+        self._special_tokens += [token for parser in self.parsers for token in parser.special_tokens]
+        self._special_tokens = sorted(set(self._special_tokens), key=len, reverse=True)
 
     @property
     def recovers(self) -> bool:
         return bool(self.parsers)
 
     def conversation(self, text: str, cut: bool = False) -> Messages | None:
-        """The conversation `text` holds, ending with an assistant turn to score; None when no parser recognises it."""
+        """The conversation `text` holds, ending with an assistant turn to score; None when no parser recognises it.
+
+        A text whose leading BOS a client stripped (verl strips the judge tokenizer's `bos_token`, which for some
+        tokenizers is the first turn's `<|im_start|>`) is read with it put back."""
+        bos = self.tokenizer.bos_token
+        texts = [text, bos + text] if bos and not text.startswith(bos) else [text]
         for allow_cut in (False, True) if cut else (False,):
-            for parser in self.parsers:
-                try:
-                    messages = parser.parse(text, cut=allow_cut)
-                except ValueError:
-                    continue
-                if messages and messages[-1]["role"] == "assistant" and messages[-1]["content"].strip():
-                    return messages
+            for candidate in texts:
+                for parser in self.parsers:
+                    try:
+                        messages = parser.parse(candidate, cut=allow_cut)
+                    except ValueError:
+                        continue
+                    if messages and messages[-1]["role"] == "assistant" and messages[-1]["content"].strip():
+                        return messages
         return None
 
     def _fit(self, input_ids: list[int], prompt_length: int | None) -> EncodedExample:
@@ -331,8 +335,8 @@ class ItemEncoder:
         stripped = True
         while stripped:
             stripped = False
-            for token in self._special_tokens if self.parsers else self.tokenizer.all_special_tokens:
-                if token and text.endswith(token):
+            for token in self._special_tokens:
+                if text.endswith(token):
                     text, stripped = text[: -len(token)], True
         return text
 
