@@ -35,7 +35,7 @@ ATOL = 1e-4  # fp32; batch composition changes summation order only
 INVALID = [  # (body bytes, expected status)
     (b"{not json", 400),
     (json.dumps({"query": "a string, not a list"}).encode(), 422),
-    (json.dumps({"query": []}).encode(), 422),
+    (json.dumps({"query": [1, 2]}).encode(), 422),
     (json.dumps({"query": ["a", "b"], "prompts": ["a"]}).encode(), 422),
 ]
 
