@@ -56,3 +56,51 @@ def test_judge_construction_fails_when_the_template_has_no_assistant_header(tmp_
     # An explicit template is the documented way out.
     judge = AdaJudgeForRewardModeling.from_backbone(backbone, tokenizer=tokenizer, response_template=[1, 2])
     assert judge.config.response_template == [1, 2]
+
+
+def test_online_rl_rewards_from_a_served_judge_equal_the_judge(tmp_path):
+    """`--reward URL`: `AdaJudgeReward(url)` posts each prompt group to `adajudge serve`; the rewards TRL logs equal
+    the judge's on the same conversations."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from adajudge_hf import save_judge
+    from adajudge_hf.serve import create_app, load_for_serving
+
+    backbone = save_tiny_causal_lm(tmp_path / "backbone", seed=2)
+    judge = AdaJudgeForRewardModeling.from_backbone(backbone, num_refinement_blocks=1)
+    folder = save_judge(judge, tmp_path / "judge", form="full", tokenizer=AutoTokenizer.from_pretrained(backbone))
+    served = load_for_serving(str(folder), device="cpu")
+    server = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (server.started and server.servers):
+            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+            time.sleep(0.01)
+        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        while httpx.get(f"{url}/health").status_code != 200:
+            assert time.monotonic() < deadline, "the server did not warm up"
+            time.sleep(0.05)
+        trainer = load_example().main(["--max-steps", "1", "--output-dir", str(tmp_path / "out"), "--reward", url])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    prompts, completions = list(trainer._logs["prompt"]), list(trainer._logs["completion"])
+    logged = list(next(iter(trainer._logs["rewards"].values())))
+    checked = 0
+    for prompt, completion, reward in zip(prompts, completions, logged):
+        if not completion[0]["content"].strip():
+            continue  # an empty completion gets None (NaN in TRL's logs)
+        encoded = encode_prompt_response(served.tokenizer, prompt, completion)
+        with torch.no_grad():
+            expected = served.model(
+                input_ids=torch.tensor([encoded.input_ids]), prompt_lengths=torch.tensor([encoded.prompt_length])
+            ).logits[0, 0]
+        torch.testing.assert_close(torch.tensor(reward), expected, atol=1e-5, rtol=0)
+        checked += 1
+    assert checked > 0
