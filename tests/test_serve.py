@@ -819,6 +819,21 @@ def test_an_api_key_guards_every_endpoint_but_health(judge, chatml):
     assert answers["good"].status_code == 200 and answers["good info"].json()["api_key_required"] is True
 
 
+def test_remote_reward_sends_the_api_key(judge, chatml, monkeypatch):
+    prompt, completion = [{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "Hello!"}]
+    expected = score_responses(judge, chatml, [prompt], [completion], show_progress=False).rewards
+    with running_server(serve(judge, chatml, api_key="s3cret"), health=False) as url:
+        with pytest.raises(ValueError, match="401"):
+            asyncio.run(
+                AdaJudgeReward(url, max_retries=30, retry_delay=0.1)(prompts=[prompt], completions=[completion])
+            )
+        monkeypatch.setenv("ADAJUDGE_API_KEY", "s3cret")
+        rewards = asyncio.run(
+            AdaJudgeReward(url, max_retries=30, retry_delay=0.1)(prompts=[prompt], completions=[completion])
+        )
+    close(rewards, expected)
+
+
 def test_bodies_and_item_counts_over_the_limits_get_413_before_parsing(judge, chatml):
     async def run():
         async with asgi_client(serve(judge, chatml, max_body_bytes=2000, max_items_per_request=3)) as client:

@@ -97,6 +97,7 @@ class AdaJudgeRemoteReward(AdaJudgeReward):
     queue, a server warming up) are retried with jittered exponential backoff (`retry_delay` doubling up to
     `max_retry_delay`, at least the server's `Retry-After`), at most `max_retries` tries and `max_retry_seconds` in
     all, then a `ConnectionError` says what failed last; any other error raises at once with the server's message.
+    `api_key` (default: `$ADAJUDGE_API_KEY`) is sent as `Authorization: Bearer <key>` to a server started with one.
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class AdaJudgeRemoteReward(AdaJudgeReward):
         max_retry_seconds: float = 900.0,
         retry_delay: float = 1.0,
         max_retry_delay: float = 30.0,
+        api_key: str | None = None,
     ):
         urls = judge_or_url.split(",") if isinstance(judge_or_url, str) else list(judge_or_url)
         self.urls = []
@@ -123,6 +125,8 @@ class AdaJudgeRemoteReward(AdaJudgeReward):
         self.__name__ = "adajudge"
         self.timeout, self.max_retries, self.max_retry_seconds = timeout, max_retries, max_retry_seconds
         self.retry_delay, self.max_retry_delay = retry_delay, max_retry_delay
+        api_key = api_key or os.environ.get("ADAJUDGE_API_KEY")
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def __call__(
         self, prompts: list[str | Messages], completions: list[str | Messages], **kwargs
@@ -133,7 +137,7 @@ class AdaJudgeRemoteReward(AdaJudgeReward):
         ]  # fmt: skip
         groups = [group for group in groups if group]
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(timeout=timeout, headers=self.headers) as session:
             answers = await asyncio.gather(
                 *(
                     self._post(
