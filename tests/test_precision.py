@@ -14,15 +14,25 @@ round trip) must hold within a tolerance set by the least precise dtype, scaled 
   7.3e-4. The tolerance leaves about 3x headroom for other CPUs' kernels.
 """
 
+import json
+import logging
+import math
+
 import pytest
 import torch
 from conftest import randomize_head
+from peft import LoraConfig
 from test_modeling import encode, pad_batch
 from test_packing import encode_pairs, plain_batch
+from test_trainer import synthetic_pairs
+from transformers import TrainerCallback
 
 from adajudge_hf import AdaJudgeForRewardModeling, load_judge, save_judge
+from adajudge_hf.evaluation.cli import main as evaluate_main
 from adajudge_hf.packing import pad_packed
-from adajudge_hf.testing import save_tiny_causal_lm
+from adajudge_hf.precision import Precision, load_for_inference, resolve_bf16_training, resolve_dtype
+from adajudge_hf.testing import make_tiny_judge_config, save_tiny_causal_lm
+from adajudge_hf.trainer import AdaJudgeRewardConfig, AdaJudgeRewardTrainer
 
 
 PRECISIONS = {  # name: (backbone dtype, heads dtype)
@@ -174,3 +184,145 @@ def test_heads_form_of_a_bf16_judge_loads_and_scores_in_half_precision(tiny_toke
     assert loaded.model.embed_tokens.weight.dtype == torch.bfloat16
     assert_rewards_close(rewards(loaded, examples, pad), expected, torch.bfloat16)
     assert_rewards_close(rewards(loaded.to(torch.bfloat16), examples, pad), expected, torch.bfloat16)
+
+
+# --- Which dtype runs where: `adajudge_hf.precision` -------------------------------------------------------------
+
+
+def cpu_with(monkeypatch, **flags):
+    """Pretend the CPU reports these `torch.cpu.get_capabilities()` flags (an x86 CPU without bf16 units otherwise)."""
+    capabilities = {"architecture": "x86_64", "cpu_name": "test CPU", "avx2": True, "amx_bf16": False}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {**capabilities, "avx512_bf16": False, **flags})
+
+
+@pytest.mark.parametrize("flag", ["amx_bf16", "avx512_bf16"])
+def test_auto_is_bf16_on_a_cpu_with_bf16_units_and_says_which(monkeypatch, flag):
+    cpu_with(monkeypatch, **{flag: True})
+    precision = resolve_dtype("auto", "cpu")
+    assert precision.dtype == torch.bfloat16
+    assert flag in precision.reason
+    assert precision.as_record() == {"dtype": "bfloat16", "dtype_reason": precision.reason}
+
+
+def test_auto_is_fp32_on_a_cpu_without_bf16_units(monkeypatch):
+    cpu_with(monkeypatch)
+    precision = resolve_dtype(None, "cpu")  # None: as "auto"
+    assert precision.dtype == torch.float32
+    assert "amx_bf16" in precision.reason and "emulated" in precision.reason
+
+
+@pytest.mark.parametrize("major, expected", [(7, torch.float32), (8, torch.bfloat16), (9, torch.bfloat16)])
+def test_auto_on_cuda_is_bf16_from_ampere_on(monkeypatch, major, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "Test GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (major, 0))
+    precision = resolve_dtype("auto", "cuda:0")
+    assert precision.dtype == expected
+    assert f"compute capability {major}.0" in precision.reason
+
+
+def test_an_explicit_dtype_is_kept_and_bf16_without_units_is_warned_about(monkeypatch, caplog):
+    cpu_with(monkeypatch)
+    assert resolve_dtype("float16", "cpu").dtype == torch.float16
+    assert resolve_dtype(torch.float32, "cpu") == Precision(torch.float32, "requested")
+    with caplog.at_level(logging.WARNING, logger="adajudge_hf.precision"):
+        assert resolve_dtype("bfloat16", "cpu").dtype == torch.bfloat16
+    assert "emulated" in caplog.text and "--dtype auto" in caplog.text
+    with pytest.raises(ValueError, match="float32, bfloat16"):
+        resolve_dtype("fp32", "cpu")
+
+
+def test_training_bf16_left_unset_follows_the_device_and_an_explicit_value_wins(monkeypatch, tmp_path):
+    common = dict(use_cpu=True, report_to="none")
+    cpu_with(monkeypatch, amx_bf16=True)
+    assert AdaJudgeRewardConfig(str(tmp_path), **common).bf16 is True
+    assert AdaJudgeRewardConfig(str(tmp_path), bf16=False, **common).bf16 is False
+    cpu_with(monkeypatch)
+    assert AdaJudgeRewardConfig(str(tmp_path), **common).bf16 is False  # TRL alone would turn it on
+    assert AdaJudgeRewardConfig(str(tmp_path), bf16=True, **common).bf16 is True
+    assert resolve_bf16_training(None, True, "cpu") == (False, "fp16 mixed precision requested")
+
+
+def test_load_for_inference_loads_in_the_resolved_dtype_with_fp32_heads(make_judge, tiny_tokenizer, tmp_path):
+    judge = randomize_head(make_judge(num_refinement_blocks=2))
+    save_judge(judge, tmp_path / "judge", form="full", tokenizer=tiny_tokenizer)
+    examples, pad = encode(tiny_tokenizer), tiny_tokenizer.pad_token_id
+    expected = rewards(judge, examples, pad)
+    for dtype in ("float32", "bfloat16"):
+        model, tokenizer, precision = load_for_inference(tmp_path / "judge", "cpu", dtype)
+        assert model.model.embed_tokens.weight.dtype == precision.dtype == getattr(torch, dtype)
+        assert {p.dtype for p in model.judge_head.parameters()} == {torch.float32}
+        assert not model.training and tokenizer.pad_token_id == pad
+        assert_rewards_close(rewards(model, examples, pad), expected, precision.dtype)
+    with pytest.raises(OSError, match="missing"):
+        load_for_inference(tmp_path / "missing", "cpu")
+
+
+# --- Training under bf16 autocast --------------------------------------------------------------------------------
+
+
+class GradientsBeforeTheStep(TrainerCallback):
+    """Keeps a copy of every trainable parameter's gradient just before the optimizer step."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.gradients = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def one_training_step(tiny_tokenizer, output_dir, bf16: bool):
+    """One LoRA training step of a tiny K=2 judge (same initial weights and batch whatever `bf16`): the loss, the
+    gradients, the dtypes the backbone's matmuls produced, and the trained model."""
+    torch.manual_seed(0)
+    judge = randomize_head(AdaJudgeForRewardModeling(make_tiny_judge_config(tiny_tokenizer, num_refinement_blocks=2)))
+    matmul_dtypes = set()
+    judge.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, out: matmul_dtypes.add(out.dtype))
+    gradients = GradientsBeforeTheStep()
+    args = AdaJudgeRewardConfig(
+        str(output_dir), bf16=bf16, use_cpu=True, max_steps=1, per_device_train_batch_size=8, learning_rate=1e-3,
+        save_strategy="no", report_to="none", disable_tqdm=True, activation_checkpointing=False, seed=0,
+    )  # fmt: skip
+    trainer = AdaJudgeRewardTrainer(
+        judge,
+        args,
+        train_dataset=synthetic_pairs(8),
+        processing_class=tiny_tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8),
+        callbacks=[gradients],
+    )
+    loss = trainer.train().training_loss
+    return loss, gradients.gradients, matmul_dtypes, trainer.model
+
+
+def test_a_bf16_autocast_training_step_reaches_heads_and_lora_and_tracks_fp32(tiny_tokenizer, tmp_path):
+    """`bf16=True` (TrainingArguments', `--bf16 true`) on a CPU: the backbone's matmuls run in bf16 under autocast
+    while the weights, the heads' outputs and the loss stay fp32; the loss and every gradient are finite and reach
+    both the heads and the LoRA adapters, and the loss and gradients track an fp32 step from the same weights."""
+    loss32, grads32, dtypes32, _ = one_training_step(tiny_tokenizer, tmp_path / "fp32", bf16=False)
+    loss16, grads16, dtypes16, model = one_training_step(tiny_tokenizer, tmp_path / "bf16", bf16=True)
+    assert dtypes32 == {torch.float32} and dtypes16 == {torch.bfloat16}
+    assert math.isfinite(loss16) and abs(loss16 - loss32) <= TOLERANCE[torch.bfloat16] * max(1.0, abs(loss32))
+    assert grads16.keys() == grads32.keys()
+    assert any("lora_A" in name for name in grads16) and any("judge_head" in name for name in grads16)
+    for group in ("lora_", "judge_head"):
+        bf16 = torch.cat([g.flatten() for name, g in grads16.items() if group in name])
+        fp32 = torch.cat([g.flatten() for name, g in grads32.items() if group in name])
+        assert torch.isfinite(bf16).all() and bf16.abs().sum() > 0, group
+        assert torch.nn.functional.cosine_similarity(bf16, fp32, dim=0) > 0.999, group
+    # The trained weights stay fp32 (autocast, not a bf16 cast); rewards under autocast track fp32 ones.
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    examples, pad = encode(tiny_tokenizer), tiny_tokenizer.pad_token_id
+    model.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = rewards(model, examples, pad)
+    assert_rewards_close(autocast, rewards(model, examples, pad), torch.bfloat16)
+
+
+@pytest.mark.parametrize("flag", [[], ["--dtype", "bfloat16"]], ids=["auto", "bfloat16"])
+def test_evaluate_records_the_dtype_and_why_in_metrics_json(make_judge, tiny_tokenizer, tmp_path, capsys, flag):
+    save_judge(randomize_head(make_judge()), tmp_path / "judge", form="full", tokenizer=tiny_tokenizer)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "2 + 2?", "chosen": "4", "rejected": "5"}\n' * 2)
+    argv = ["--model", str(tmp_path / "judge"), "--benchmark", "pairs", "--data", str(pairs), "--output-dir"]
+    assert evaluate_main([*argv, str(tmp_path / "out"), *flag]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    expected = resolve_dtype(flag[1] if flag else "auto", "cpu")
+    assert metrics["dtype"] == expected.name and metrics["dtype_reason"] == expected.reason
+    assert f"computing in {expected.name} ({expected.reason})" in capsys.readouterr().err

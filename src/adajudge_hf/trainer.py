@@ -25,6 +25,7 @@ from .lora import HEAD_MODULE, adajudge_lora_config
 from .loss import STRENGTH_SCALINGS, adajudge_loss, preference_strength_scale, preference_strength_weights
 from .modeling import AdaJudgeConfig, AdaJudgeForRewardModeling
 from .modeling.configuration_adajudge import validate_loss_hyperparameters
+from .precision import resolve_bf16_training
 
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,10 @@ class AdaJudgeRewardConfig(RewardConfig):
         gradient_checkpointing (`bool`, *optional*):
             transformers' deprecated alias of `activation_checkpointing`. Unset (and `activation_checkpointing` unset),
             activation checkpointing is on, TRL's default, without the deprecation warning TRL's `True` triggers.
+        bf16 (`bool`, *optional*):
+            bf16 mixed precision (autocast, fp32 master weights). Unset, it is on where the device has bf16 units
+            (Ampere+ GPUs, CPUs with AMX-BF16 / AVX512-BF16) and fp16 is off, and off elsewhere, where bf16 is
+            emulated and slower than fp32 (TRL turns an unset `bf16` on everywhere).
     """
 
     bt_temperature: float | None = field(
@@ -145,6 +150,10 @@ class AdaJudgeRewardConfig(RewardConfig):
     def __post_init__(self):
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = True  # TRL's default, by its current name
+        accelerator = None if self.use_cpu else torch.accelerator.current_accelerator()
+        if self.bf16 is None and (accelerator is None or accelerator.type == "cuda"):  # others: TRL's default
+            self.bf16, reason = resolve_bf16_training(None, self.fp16, accelerator or "cpu")
+            logger.info("bf16 mixed precision %s (%s)", "on" if self.bf16 else "off", reason)
         super().__post_init__()
         # Validate the loss values that are set; the unset ones come from the model config (validated there).
         placeholders = {"bt_temperature": 1.0, "focal_gamma": 0.0, "entropy_floor": 0.0, "entropy_floor_coef": 0.0}

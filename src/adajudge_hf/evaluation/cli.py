@@ -11,28 +11,13 @@ The files written are described in `adajudge_hf.evaluation.report`.
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
-import torch
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
-
-from ..checkpoint import load_judge
 from ..cli import accept_underscore_flags
-from ..modeling import AdaJudgeConfig
-from ..modeling.loading_adajudge import check_local_checkpoint
+from ..precision import DTYPE_CHOICES, load_for_inference
 from .data import BENCHMARKS, JUDGEBENCH_SPLITS
 from .progress import ScoringInterrupted
 from .report import LENGTH_BASELINE, evaluate_length_baseline, evaluate_model, format_summary
 from .scoring import DEFAULT_BATCH_TOKENS, distributed_state
-
-
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,36 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--dtype",
-        choices=DTYPES,
-        help="weights dtype (default: float32 on CPU, where bf16 is slow; the checkpoint's dtype on accelerators)",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="weights dtype; auto (default): bfloat16 where the device has bf16 units (Ampere+ GPUs, CPUs with "
+        "AMX-BF16 / AVX512-BF16), else float32. The heads compute in float32 either way; metrics.json records the "
+        "choice and why",
     )
     return accept_underscore_flags(parser)
-
-
-def load_reward_model(name_or_path: str, dtype: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a reward model and its tokenizer onto this process's device.
-
-    A local AdaJudge folder goes through `load_judge`, which reads every save form (full, adapter + heads, heads
-    only). Anything else, Hub ids included, goes through `AutoModelForSequenceClassification`, with which importing
-    `adajudge_hf` registers AdaJudge, so full AdaJudge checkpoints and stock reward models load alike.
-    """
-    device = distributed_state().device
-    dtype = DTYPES[dtype or ("float32" if device.type == "cpu" else "auto")]
-    check_local_checkpoint(name_or_path, "")  # a missing folder is named as such, not as a bad repo id
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    folder = Path(name_or_path)
-    is_judge_folder = (folder / "config.json").is_file() and (
-        PreTrainedConfig.get_config_dict(str(folder))[0].get("model_type") == AdaJudgeConfig.model_type
-    )
-    if is_judge_folder:
-        model = load_judge(folder, dtype=dtype)
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype)
-    if model.config.num_labels != 1:
-        raise ValueError(
-            f"{name_or_path} is a classifier with {model.config.num_labels} labels, not a reward model (num_labels=1)."
-        )
-    return model.to(device), tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.model == LENGTH_BASELINE:
             result = evaluate_length_baseline(args.benchmark, args.data, args.output_dir, **common)
         else:
-            model, tokenizer = load_reward_model(args.model, args.dtype)
+            model, tokenizer, precision = load_for_inference(args.model, distributed_state().device, args.dtype)
+            if distributed_state().is_main_process:
+                print(f"adajudge evaluate: computing in {precision.name} ({precision.reason})", file=sys.stderr)
             result = evaluate_model(
                 model,
                 tokenizer,
@@ -131,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch_tokens=args.batch_tokens,
                 share_prompts=args.share_prompts,
                 checkpoint=args.model,
+                precision=precision,
                 command=shlex.join(["adajudge", "evaluate", *(sys.argv[1:] if argv is None else argv)]),
                 **common,
             )

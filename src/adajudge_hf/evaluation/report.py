@@ -53,6 +53,7 @@ from matplotlib.figure import Figure
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import __version__
+from ..precision import Precision
 from .data import BENCHMARKS, judgebench_split, limit_per_group, load_benchmark
 from .metrics import (
     JUDGEBENCH_CATEGORIES,
@@ -400,6 +401,7 @@ def evaluate_model(
     share_prompts: bool = False,
     command: str | None = None,
     checkpoint: str | os.PathLike | None = None,
+    precision: Precision | None = None,
 ) -> EvaluationResult:
     """Score `model` on `benchmark` ("rm-bench", "judgebench" or "pairs") and write the report to `output_dir`.
 
@@ -412,7 +414,9 @@ def evaluate_model(
 
     `checkpoint` is the folder or Hub id `model` was loaded from: `metrics.json` then names it as the judge, with its
     save form and the fingerprint of its weights (`provenance.judge_identity`), which `adajudge push --eval-dir`
-    checks; without it the model is named by `name_or_path` and its weights are not identified.
+    checks; without it the model is named by `name_or_path` and its weights are not identified. `precision` (the
+    dtype `model` was loaded in and why, from `adajudge_hf.precision.resolve_dtype`) is recorded there too; without
+    it, the model's dtype alone.
 
     With `output_dir`, every scored batch is also kept in `output_dir/.partial` until the report is written, so an
     interrupted evaluation (`ScoringInterrupted`, a `KeyboardInterrupt`) resumes when it is called again with the same
@@ -441,6 +445,7 @@ def evaluate_model(
         "judge": judge,
         "data": _data_name(data),
         "split": _split_name(benchmark, dataset, split),
+        **(precision.as_record() if precision else {"dtype": str(model.dtype).removeprefix("torch.")}),
     }
     if command is not None:
         info["command"] = command  # the exact command line, for model cards
