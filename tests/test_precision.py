@@ -14,16 +14,15 @@ round trip) must hold within a tolerance set by the least precise dtype, scaled 
   7.3e-4. The tolerance leaves about 3x headroom for other CPUs' kernels.
 """
 
+import asyncio
 import json
 import logging
 import math
 
 import pytest
 import torch
-from conftest import randomize_head
+from conftest import encode, encode_pairs, pad_batch, plain_batch, randomize_head
 from peft import LoraConfig
-from test_modeling import encode, pad_batch
-from test_packing import encode_pairs, plain_batch
 from test_trainer import synthetic_pairs
 from transformers import TrainerCallback
 
@@ -326,3 +325,21 @@ def test_evaluate_records_the_dtype_and_why_in_metrics_json(make_judge, tiny_tok
     expected = resolve_dtype(flag[1] if flag else "auto", "cpu")
     assert metrics["dtype"] == expected.name and metrics["dtype_reason"] == expected.reason
     assert f"computing in {expected.name} ({expected.reason})" in capsys.readouterr().err
+
+
+def test_serve_info_says_which_dtype_and_why(make_judge, tiny_tokenizer, tmp_path):
+    from test_serve import asgi_client
+
+    from adajudge_hf.serve import create_app, load_for_serving
+
+    save_judge(make_judge(), tmp_path / "judge", form="full", tokenizer=tiny_tokenizer)
+    served = load_for_serving(str(tmp_path / "judge"), device="cpu")  # the CLI's default: auto
+
+    async def info():
+        async with asgi_client(create_app(served)) as client:
+            return (await client.get("/info")).json()
+
+    expected = resolve_dtype("auto", "cpu")
+    answer = asyncio.run(info())
+    assert answer["dtype"] == expected.name and answer["dtype_reason"] == expected.reason
+    assert served.model.model.embed_tokens.weight.dtype == expected.dtype

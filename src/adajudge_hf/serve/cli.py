@@ -15,16 +15,14 @@ import torch
 import uvicorn
 from transformers import AutoTokenizer
 
-from ..checkpoint import detect_judge_form, load_judge
+from ..checkpoint import detect_judge_form
 from ..cli import accept_underscore_flags
+from ..precision import DTYPE_CHOICES, load_for_inference
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ITEMS_PER_REQUEST, LoadedJudge, ServeConfig, create_app
 from .batcher import DEFAULT_MAX_PADDING, DEFAULT_MAX_QUEUE
 
 
 logger = logging.getLogger(__name__)
-
-
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--dtype",
-        choices=DTYPES,
-        default=None,
-        help="weights dtype (default: float32 on CPU, the checkpoint's on GPU)",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="weights dtype; auto (default): bfloat16 where the device has bf16 units (Ampere+ GPUs, CPUs with "
+        "AMX-BF16 / AVX512-BF16), else float32. The heads compute in float32 either way; /info says which and why",
     )
     parser.add_argument("--max-batch-tokens", type=int, default=8192, help="padded tokens per forward pass")
     parser.add_argument(
@@ -115,11 +114,8 @@ def load_for_serving(
         torch.device(d.strip()) for d in (device or ("cuda" if torch.cuda.is_available() else "cpu")).split(",")
     ]
     device = devices[0]
-    dtype = DTYPES[dtype or ("float32" if device.type == "cpu" else "auto")]
-    model = load_judge(judge, dtype=dtype)
+    model, tokenizer, precision = load_for_inference(judge, device, dtype, judge_only=True)
     replicas = [copy.deepcopy(model).to(other) for other in devices[1:]]
-    model = model.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)  # the judge's folder, else its backbone's
     policy = AutoTokenizer.from_pretrained(policy_tokenizer) if policy_tokenizer else None
     try:
         form = detect_judge_form(judge)
@@ -129,7 +125,7 @@ def load_for_serving(
         model,
         tokenizer,
         policy,
-        info={"name": str(judge), "form": form, "policy_tokenizer": policy_tokenizer},
+        info={"name": str(judge), "form": form, "policy_tokenizer": policy_tokenizer, **precision.as_record()},
         replicas=replicas,
     )
 
