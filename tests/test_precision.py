@@ -27,6 +27,8 @@ from test_trainer import synthetic_pairs
 from transformers import TrainerCallback
 
 from adajudge_hf import AdaJudgeForRewardModeling, load_judge, save_judge
+from adajudge_hf.cli import main as cli_main
+from adajudge_hf.demo import DemoArguments
 from adajudge_hf.evaluation.cli import main as evaluate_main
 from adajudge_hf.packing import pad_packed
 from adajudge_hf.precision import Precision, load_for_inference, resolve_bf16_training, resolve_dtype
@@ -343,3 +345,22 @@ def test_serve_info_says_which_dtype_and_why(make_judge, tiny_tokenizer, tmp_pat
     answer = asyncio.run(info())
     assert answer["dtype"] == expected.name and answer["dtype_reason"] == expected.reason
     assert served.model.model.embed_tokens.weight.dtype == expected.dtype
+
+
+def test_demo_refuses_an_unknown_dtype():
+    with pytest.raises(ValueError, match="`dtype` must be one of auto, float32, bfloat16, float16"):
+        DemoArguments(dtype="fp32")
+
+
+@pytest.mark.slow
+def test_demo_computes_features_in_the_chosen_dtype_and_records_it(tmp_path):
+    output_dir = tmp_path / "demo"
+    argv = ["demo", "--backbone", "tiny", "--train-pairs", "24", "--eval-pairs", "12", "--epochs", "1"]
+    assert cli_main([*argv, "--dtype", "bfloat16", "--output-dir", str(output_dir)]) == 0
+    expected = resolve_dtype("bfloat16", "cpu").as_record()
+    assert {key: json.loads((output_dir / "summary.json").read_text())[key] for key in expected} == expected
+    metrics = json.loads((output_dir / "eval" / "adajudge" / "pairs" / "metrics.json").read_text())
+    assert {key: metrics[key] for key in expected} == expected
+    packaged = load_judge(output_dir / "judge")
+    assert packaged.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in packaged.judge_head.parameters()} == {torch.float32}

@@ -36,6 +36,7 @@ from .evaluation.scoring import ScoringOutput, depth_candidate_names
 from .features import PackedFeatures, extract_features, score_features, train_heads
 from .hub import render_card
 from .modeling import AdaJudgeForRewardModeling
+from .precision import DTYPE_CHOICES, resolve_dtype
 
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,12 @@ class DemoArguments:
     evaluations_per_epoch: int = field(default=2, metadata={"help": "Validation checks per epoch."})
     eval_pairs: int = field(default=300, metadata={"help": "Held-out pairs."})
     max_length: int = field(default=384, metadata={"help": "Tokens per prompt + response; prompts cut from the left."})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "Backbone dtype for the features: auto (bfloat16 on a CPU with AMX-BF16 / AVX512-BF16, "
+                  "else float32), float32, bfloat16 or float16. The heads train in float32 either way.",
+                  "choices": DTYPE_CHOICES},
+    )  # fmt: skip
     num_refinement_blocks: int = field(default=2, metadata={"help": "K of the AdaJudge judge."})
     epochs: int = field(default=2, metadata={"help": "Most epochs over the training pairs."})
     learning_rate: float = field(default=5e-4, metadata={"help": "Learning rate of the heads."})
@@ -100,6 +107,8 @@ class DemoArguments:
             raise ValueError("`train_pairs` must be >= 2 (some go to validation) and `eval_pairs` >= 1.")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"`validation_fraction` must be in (0, 1), got {self.validation_fraction}.")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"`dtype` must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}.")
 
 
 def load_pairs(data: str, train_pairs: int, eval_pairs: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -148,6 +157,8 @@ def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
     pool, held_out = load_pairs(args.data, args.train_pairs, args.eval_pairs, args.seed)
     split = pool.train_test_split(test_size=args.validation_fraction, shuffle=True, seed=args.seed)
     train, validation = split["train"], split["test"]
+    precision = resolve_dtype(args.dtype, "cpu")
+    print(f"computing backbone features in {precision.name} ({precision.reason})")
     print(
         f"backbone {args.backbone} ({backbone}); {len(train)} training pairs, {len(validation)} validation pairs "
         f"(carved from the training pairs), {len(held_out)} held-out pairs"
@@ -158,7 +169,9 @@ def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
         if name == PACKAGED:
             fields = {**fields, "num_refinement_blocks": args.num_refinement_blocks}
         torch.manual_seed(args.seed)  # the same head initialisation stream for every judge
-        judges[name] = AdaJudgeForRewardModeling.from_backbone(backbone, tokenizer=tokenizer, **fields).eval()
+        judges[name] = AdaJudgeForRewardModeling.from_backbone(
+            backbone, tokenizer=tokenizer, dtype=precision.dtype, **fields
+        ).eval()
     reference = judges[PACKAGED]
     benchmarks = {"held-out pairs": ("pairs", held_out)}
     for benchmark, data in (("rm-bench", args.rm_bench), ("judgebench", args.judgebench)):
@@ -200,7 +213,7 @@ def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
         for label, (benchmark, dataset) in benchmarks.items():
             scored = score_features(judge, eval_features[label])
             report_dir = output_dir / "eval" / _slug(name) / benchmark
-            info = {"model": name, "command": command}
+            info = {"model": name, "command": command, **precision.as_record()}
             result = report_scores(benchmark, dataset, scoring_output(judge, scored), info, report_dir)
             row[label] = result.metrics
             if benchmark == "pairs":
@@ -231,6 +244,7 @@ def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
         "table": table,
         "packaged_judge": str(packaged_dir),
         "routing_heatmap": str(output_dir / "eval" / _slug(PACKAGED) / "pairs" / "routing.png"),
+        **precision.as_record(),
         "seconds": elapsed,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
