@@ -23,6 +23,13 @@ POOLING_CHOICES = ("adaptive",) + POOLING_EXPERTS
 REFINEMENT_ATTENTION_CHOICES = ("causal", "bidirectional")
 ATTENTION_POOLING_SCOPES = ("all", "response")
 SCORE_HEAD_CHOICES = ("mlp", "linear")
+AUTO_MAP = {
+    "AutoConfig": "configuration_adajudge.AdaJudgeConfig",
+    "AutoModel": "modeling_adajudge.AdaJudgeForRewardModeling",
+    "AutoModelForSequenceClassification": "modeling_adajudge.AdaJudgeForRewardModeling",
+}
+"""The remote code a saved config names: a process without `adajudge_hf` loads the judge with
+`trust_remote_code=True`; with the package installed the locally registered classes win and no remote code runs."""
 
 
 def validate_loss_hyperparameters(
@@ -136,13 +143,8 @@ class AdaJudgeConfig(PreTrainedConfig):
             text_config = dict(self.text_config or {})
             self.text_config = AutoConfig.for_model(text_config.pop("model_type", "qwen3"), **text_config)
         super().__post_init__(**kwargs)
-        # Lets a process without `adajudge_hf` load a saved judge with `trust_remote_code=True`; with the package
-        # installed the locally registered classes win and no remote code runs. (`auto_map` is not a declared field.)
-        auto_map = getattr(self, "auto_map", None) or {}
-        auto_map.setdefault("AutoConfig", "configuration_adajudge.AdaJudgeConfig")
-        for auto_class in ("AutoModel", "AutoModelForSequenceClassification"):
-            auto_map.setdefault(auto_class, "modeling_adajudge.AdaJudgeForRewardModeling")
-        self.auto_map = auto_map
+        # `auto_map` is not a declared field; entries a saved config already has are kept.
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
         if self.refinement_num_heads is None:
             self.refinement_num_heads = self.text_config.num_attention_heads
         if self.refinement_intermediate_size is None:

@@ -1,6 +1,8 @@
-"""Shared fixtures: tiny offline backbones and tokenizers, the benchmark slices in `tests/data`, and the optional
-full benchmark files of `../shared/benchmarks` (`ADAJUDGE_SHARED_BENCHMARKS` points elsewhere, e.g. at nothing)."""
+"""Shared fixtures: tiny offline backbones and tokenizers, a few encoded chats and preference pairs (plain and packed),
+the benchmark slices in `tests/data`, and the optional full benchmark files of `../shared/benchmarks`
+(`ADAJUDGE_SHARED_BENCHMARKS` points elsewhere, e.g. at nothing)."""
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -9,7 +11,9 @@ import pytest
 import torch
 
 from adajudge_hf import AdaJudgeForRewardModeling
-from adajudge_hf.testing import make_tiny_judge_config, make_tiny_tokenizer
+from adajudge_hf.packing import pack_responses
+from adajudge_hf.testing import make_tiny_judge, make_tiny_tokenizer, randomize_head  # noqa: F401  (shared)
+from adajudge_hf.tokenization import encode_prompt_response
 
 
 # The vLLM tests need vLLM, which pins an older transformers: `make test-vllm` runs them in their own environment
@@ -66,22 +70,17 @@ def tiny_tokenizer():
 
 @pytest.fixture
 def make_judge(tiny_tokenizer):
-    """Factory of tiny random judges in eval mode: `make_judge(num_refinement_blocks=3, pooling="mean", seed=0)`."""
-
-    def factory(seed: int = 0, **judge_kwargs) -> AdaJudgeForRewardModeling:
-        torch.manual_seed(seed)
-        return AdaJudgeForRewardModeling(make_tiny_judge_config(tiny_tokenizer, **judge_kwargs)).eval()
-
-    return factory
+    """`adajudge_hf.testing.make_tiny_judge` with the tiny tokenizer: `make_judge(num_refinement_blocks=3, seed=0)`."""
+    return functools.partial(make_tiny_judge, tiny_tokenizer)
 
 
-def randomize_head(model: AdaJudgeForRewardModeling, seed: int = 0, std: float = 0.2) -> AdaJudgeForRewardModeling:
-    """Give every head parameter random non-zero values, so zero-initialised paths are exercised too."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.judge_head.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
-    return model
+@pytest.fixture(scope="session")
+def judge_folder(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A tiny judge with random heads saved in the full form with its tokenizer, as `adajudge evaluate` reads it."""
+    folder = tmp_path_factory.mktemp("judge")
+    randomize_head(make_tiny_judge(tiny_tokenizer), seed=1).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
 
 
 def with_random_lora(judge: AdaJudgeForRewardModeling, seed: int = 1, rank: int = 4):
@@ -98,3 +97,67 @@ def with_random_lora(judge: AdaJudgeForRewardModeling, seed: int = 1, rank: int 
             if "lora_B" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
     return model.eval()
+
+
+CHATS = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("2+2?", "4"),
+    ("How do I bake bread?", "Mix flour, water, salt and yeast, then knead and bake it for a long time."),
+]
+
+
+def encode(tokenizer, chats=CHATS):
+    """Unpadded examples: (input_ids, prompt_length) per chat, through the chat template."""
+    encoded = [
+        encode_prompt_response(tokenizer, [{"role": "user", "content": p}], [{"role": "assistant", "content": r}])
+        for p, r in chats
+    ]
+    return [(e.input_ids, e.prompt_length) for e in encoded]
+
+
+def pad_batch(examples, pad_id, side="right"):
+    """(input_ids, attention_mask, prompt_lengths) padded on `side`; pads carry `pad_id`."""
+    width = max(len(ids) for ids, _ in examples)
+    rows, masks = [], []
+    for ids, _ in examples:
+        pad = [pad_id] * (width - len(ids))
+        rows.append(ids + pad if side == "right" else pad + ids)
+        masks.append([1] * len(ids) + [0] * len(pad) if side == "right" else [0] * len(pad) + [1] * len(ids))
+    lengths = torch.tensor([n for _, n in examples])
+    return torch.tensor(rows), torch.tensor(masks), lengths
+
+
+# (prompt, chosen, rejected); the last pair's responses share a prefix beyond the prompt.
+PAIRS = [
+    ("What is the capital of France?", "Paris.", "It is Lyon, a city in the south."),
+    ("How do I bake bread?", "Mix flour, water, salt and yeast, then knead and bake.", "Buy it."),
+    ("Is 2+2 equal to 4?", "Yes, 2+2 is 4.", "Yes, 2+2 is 5."),
+]
+
+
+def encode_pairs(tokenizer):
+    plain, packed = [], []
+    for prompt, chosen, rejected in PAIRS:
+        messages = [{"role": "user", "content": prompt}]
+        c, r = (
+            encode_prompt_response(tokenizer, messages, [{"role": "assistant", "content": t}])
+            for t in (chosen, rejected)
+        )
+        assert c.prompt_length == r.prompt_length
+        plain.append((c, r))
+        packed.append(
+            pack_responses(
+                c.input_ids[: c.prompt_length], [c.input_ids[c.prompt_length :], r.input_ids[r.prompt_length :]]
+            )
+        )
+    return plain, packed
+
+
+def plain_batch(plain, pad_id):
+    rows = [c for c, _ in plain] + [r for _, r in plain]  # TRL's order: chosen rows, then rejected rows
+    width = max(len(e.input_ids) for e in rows)
+    return {
+        "input_ids": torch.tensor([e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in rows]),
+        "attention_mask": torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in rows]),
+        "prompt_lengths": torch.tensor([e.prompt_length for e in rows]),
+    }

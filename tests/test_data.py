@@ -104,7 +104,7 @@ TRL_FORMATS = [
 
 @pytest.mark.parametrize("name", TRL_FORMATS)
 def test_every_trl_format_brings_its_prompt_to_the_model(tiny_tokenizer, name, caplog):
-    """Issue 12: a chat prompt with plain responses (or the reverse) used to be encoded with no prompt at all."""
+    """Every TRL format reaches the model with its prompt, a chat prompt with plain responses (or the reverse) too."""
     with caplog.at_level(logging.INFO, logger="adajudge_hf.data"):
         dataset, stats = prepare([trl_format(name, tiny_tokenizer)], tiny_tokenizer)
     batch = DataCollatorForAdaJudge(pad_token_id=tiny_tokenizer.pad_token_id)(list(dataset))
@@ -225,7 +225,7 @@ def test_over_long_pairs_are_truncated_from_the_left_and_reported(tiny_tokenizer
 
 
 def test_a_pair_keeps_identical_prompt_tokens_under_truncation():
-    """Issue 12: a long prompt with responses of unequal length used to give 59 vs 7 prompt tokens at max_length=64."""
+    """Under truncation both responses of a pair keep the same prompt tokens, however unequal their lengths."""
     tokenizer = make_tiny_tokenizer("llama3")  # a BOS template: the BOS stays in front of the cut prompt
     prompt = user("The quick brown fox jumps over the lazy dog. " * 8)
     long, short = assistant("A reward model scores how good a response is for a prompt. " * 3), assistant("No.")

@@ -11,6 +11,8 @@ from conftest import randomize_head
 from transformers import AutoModelForSequenceClassification
 
 from adajudge_hf.evaluation import (
+    BENCHMARKS,
+    Benchmark,
     benchmark_metrics,
     evaluate_length_baseline,
     evaluate_model,
@@ -19,26 +21,16 @@ from adajudge_hf.evaluation import (
     load_preference_pairs,
     load_rm_bench,
     parse_hh_rlhf_transcript,
+    register_benchmark,
     routing_report,
 )
 from adajudge_hf.evaluation.cli import build_parser, main
+from adajudge_hf.evaluation.data import read_records
+from adajudge_hf.hub import render_card
 from adajudge_hf.testing import make_tiny_backbone_config
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def judge_folder(tmp_path_factory, tiny_tokenizer):
-    from adajudge_hf import AdaJudgeForRewardModeling
-    from adajudge_hf.testing import make_tiny_judge_config
-
-    torch.manual_seed(0)
-    judge = randomize_head(AdaJudgeForRewardModeling(make_tiny_judge_config(tiny_tokenizer)), seed=1)
-    folder = tmp_path_factory.mktemp("judge")
-    judge.save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -474,3 +466,76 @@ def test_interrupted_evaluation_keeps_what_was_scored_and_resumes(
     assert adajudge(["evaluate", *argv, "--output-dir", str(out)]) == 0
     assert sum(rescored.rows) == total
     assert read_report(out)[1] == expected_records
+
+
+@pytest.fixture
+def tiny_benchmark():
+    """A test-only benchmark, registered as one `Benchmark` entry: prompts with one good and two bad answers, scored
+    by how often the good one wins, grouped by topic."""
+
+    def load(data, split=None):
+        return datasets.Dataset.from_list(read_records(data))
+
+    def metrics(records):
+        wins = [record["score_good"] > max(record["score_bad"]) for record in records]
+        return {"win_rate": 100.0 * sum(wins) / len(wins), "num_prompts": len(records)}
+
+    benchmark = Benchmark(
+        name="tiny-test",
+        title="Tiny test benchmark",
+        load=load,
+        columns=("topic", "prompt", "good", "bad"),
+        responses=lambda item: [item["good"], *item["bad"]],
+        sides={"good": 0, "bad": slice(1, 3)},
+        identity=lambda item, position: {"topic": item["topic"], "index": position},
+        metrics=metrics,
+        group_by="topic",
+        group=lambda item: item["topic"],
+        groups=("geography", "arithmetic"),
+        summary=lambda metrics: [f"Tiny win rate {metrics['win_rate']:.1f}"],
+        card_table=lambda metrics: (
+            ["win rate", "prompts"],
+            [[f"{metrics['win_rate']:.1f}", metrics["num_prompts"]]],
+            f"{metrics['num_prompts']} prompts",
+            None,
+        ),
+        card_results=lambda metrics: [("Win rate", metrics["win_rate"])],
+    )
+    register_benchmark(benchmark)
+    yield benchmark
+    del BENCHMARKS[benchmark.name]
+
+
+def test_a_benchmark_registered_as_one_entry_runs_end_to_end(
+    tiny_benchmark, judge_folder, tmp_path, capsys, tiny_tokenizer
+):
+    """`--benchmark`, loading, `--limit`, `rewards.jsonl`, metrics, the routing report, the summary and the model
+    card all come from the one `Benchmark` entry."""
+    items = [
+        {"topic": "geography", "prompt": "Capital of France?", "good": "Paris.", "bad": ["Rome.", "Berlin."]},
+        {"topic": "geography", "prompt": "Capital of Italy?", "good": "Rome.", "bad": ["Paris.", "Oslo."]},
+        {"topic": "arithmetic", "prompt": "2 + 2?", "good": "4", "bad": ["5", "22"]},
+    ]
+    data = write_jsonl(tmp_path / "tiny.jsonl", items)
+    out = tmp_path / "eval" / "tiny"
+    argv = ["--model", str(judge_folder), "--benchmark", "tiny-test", "--data", str(data), "--limit", "1"]
+    assert main(argv + ["--output-dir", str(out)]) == 0
+    assert "Tiny win rate" in capsys.readouterr().out
+
+    metrics, records = read_report(out)
+    assert metrics["benchmark"] == "tiny-test" and metrics["num_items"] == 2  # --limit 1 per topic
+    assert [(r["topic"], r["index"]) for r in records] == [("geography", 0), ("arithmetic", 1)]
+    assert all(len(r["score_bad"]) == 2 and len(r["routing_weights_bad"]) == 2 for r in records)
+    assert metrics["metrics"] == benchmark_metrics("tiny-test", records)
+    judge = AutoModelForSequenceClassification.from_pretrained(judge_folder)
+    in_memory = evaluate_model(judge, tiny_tokenizer, "tiny-test", data, limit=1).records
+    for saved, expected in zip(records, in_memory):
+        assert saved["score_good"] == pytest.approx(expected["score_good"], abs=1e-5)
+    routing = json.loads((out / "routing.json").read_text())
+    assert routing["group_by"] == "topic" and list(routing["groups"]) == ["geography", "arithmetic", "all"]
+    assert routing["groups"]["all"]["num_responses"] == 6
+
+    card = str(render_card(judge_folder, tmp_path / "eval", repo_id="org/judge", base_model="Qwen/Qwen3-0.6B"))
+    assert f"| {metrics['metrics']['win_rate']:.1f} | 2 |" in card
+    assert "name: Win rate" in card and "type: tiny-test-benchmark" in card
+    assert "adajudge evaluate --model" in card and "--benchmark tiny-test" in card

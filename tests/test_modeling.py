@@ -12,9 +12,8 @@ import types
 
 import pytest
 import torch
-from conftest import randomize_head
+from conftest import CHATS, encode, encode_pairs, pad_batch, randomize_head
 from safetensors.torch import load_file, save_file
-from test_packing import encode_pairs
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, pipeline
 from transformers.utils import logging
 
@@ -25,34 +24,6 @@ from adajudge_hf.modeling.modeling_adajudge import AdaJudgeHead, AdaJudgeLayout
 from adajudge_hf.packing import pad_packed
 from adajudge_hf.testing import make_tiny_backbone_config, make_tiny_tokenizer, save_tiny_causal_lm
 from adajudge_hf.tokenization import encode_prompt_response
-
-
-CHATS = [
-    ("What is the capital of France?", "The capital of France is Paris."),
-    ("2+2?", "4"),
-    ("How do I bake bread?", "Mix flour, water, salt and yeast, then knead and bake it for a long time."),
-]
-
-
-def encode(tokenizer, chats=CHATS):
-    """Unpadded examples: (input_ids, prompt_length) per chat, through the chat template."""
-    encoded = [
-        encode_prompt_response(tokenizer, [{"role": "user", "content": p}], [{"role": "assistant", "content": r}])
-        for p, r in chats
-    ]
-    return [(e.input_ids, e.prompt_length) for e in encoded]
-
-
-def pad_batch(examples, pad_id, side="right"):
-    """(input_ids, attention_mask, prompt_lengths) padded on `side`; pads carry `pad_id`."""
-    width = max(len(ids) for ids, _ in examples)
-    rows, masks = [], []
-    for ids, _ in examples:
-        pad = [pad_id] * (width - len(ids))
-        rows.append(ids + pad if side == "right" else pad + ids)
-        masks.append([1] * len(ids) + [0] * len(pad) if side == "right" else [0] * len(pad) + [1] * len(ids))
-    lengths = torch.tensor([n for _, n in examples])
-    return torch.tensor(rows), torch.tensor(masks), lengths
 
 
 def rewards(model, examples, pad_id, side="right"):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import randomize_head
+from conftest import encode_pairs, plain_batch, randomize_head
 from transformers import LlamaConfig, Phi3Config
 
 from adajudge_hf import AdaJudgeConfig, AdaJudgeForRewardModeling
@@ -27,42 +27,6 @@ def make(tokenizer, family="qwen3", seed=0, **kwargs):
     torch.manual_seed(seed)
     model = AdaJudgeForRewardModeling._from_config(config, attn_implementation="sdpa")
     return randomize_head(model.eval(), seed=seed)
-
-
-# (prompt, chosen, rejected); the last pair's responses share a prefix beyond the prompt.
-PAIRS = [
-    ("What is the capital of France?", "Paris.", "It is Lyon, a city in the south."),
-    ("How do I bake bread?", "Mix flour, water, salt and yeast, then knead and bake.", "Buy it."),
-    ("Is 2+2 equal to 4?", "Yes, 2+2 is 4.", "Yes, 2+2 is 5."),
-]
-
-
-def encode_pairs(tokenizer):
-    plain, packed = [], []
-    for prompt, chosen, rejected in PAIRS:
-        messages = [{"role": "user", "content": prompt}]
-        c, r = (
-            encode_prompt_response(tokenizer, messages, [{"role": "assistant", "content": t}])
-            for t in (chosen, rejected)
-        )
-        assert c.prompt_length == r.prompt_length
-        plain.append((c, r))
-        packed.append(
-            pack_responses(
-                c.input_ids[: c.prompt_length], [c.input_ids[c.prompt_length :], r.input_ids[r.prompt_length :]]
-            )
-        )
-    return plain, packed
-
-
-def plain_batch(plain, pad_id):
-    rows = [c for c, _ in plain] + [r for _, r in plain]  # TRL's order: chosen rows, then rejected rows
-    width = max(len(e.input_ids) for e in rows)
-    return {
-        "input_ids": torch.tensor([e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in rows]),
-        "attention_mask": torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in rows]),
-        "prompt_lengths": torch.tensor([e.prompt_length for e in rows]),
-    }
 
 
 def bt_loss(logits):

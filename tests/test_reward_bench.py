@@ -321,21 +321,6 @@ def test_length_baseline_on_the_fixture_gives_the_worked_scores(tmp_path, capsys
     assert [r["correct"] for r in records] == [True, False, True, False, True, False, False, True]
 
 
-@pytest.fixture(scope="module")
-def judge_folder(tmp_path_factory, tiny_tokenizer):
-    from conftest import randomize_head
-
-    from adajudge_hf import AdaJudgeForRewardModeling
-    from adajudge_hf.testing import make_tiny_judge_config
-
-    torch.manual_seed(0)
-    judge = randomize_head(AdaJudgeForRewardModeling(make_tiny_judge_config(tiny_tokenizer)), seed=1)
-    folder = tmp_path_factory.mktemp("judge")
-    judge.save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_judge_report_on_reward_bench_2_with_and_without_shared_prompts(judge_folder, tmp_path):
     argv = ["--model", str(judge_folder), "--benchmark", "reward-bench-2", "--data", str(RB2_FILE)]
     assert main(argv + ["--output-dir", str(tmp_path / "plain")]) == 0

@@ -10,13 +10,12 @@ import httpx
 import pytest
 import torch
 import uvicorn
-from conftest import randomize_head
 
-from adajudge_hf import AdaJudgeForRewardModeling
+from adajudge_hf import AdaJudgeForRewardModeling, testing
 from adajudge_hf.evaluation import score_responses
 from adajudge_hf.modeling import find_response_template
 from adajudge_hf.serve import AdaJudgeReward, ChatTemplateParser, LoadedJudge, ServeConfig, create_app
-from adajudge_hf.testing import free_port, make_tiny_judge_config, make_tiny_tokenizer
+from adajudge_hf.testing import free_port, make_tiny_tokenizer
 from adajudge_hf.tokenization import encode_prompt_response
 
 
@@ -37,11 +36,8 @@ def conversations(group_size: int = 4) -> tuple[list, list]:
 
 
 def make_tiny_judge(tokenizer, seed: int = 0, **kwargs) -> AdaJudgeForRewardModeling:
-    torch.manual_seed(seed)
     kwargs.setdefault("response_template", find_response_template(tokenizer))  # as `from_backbone` sets it
-    config = make_tiny_judge_config(tokenizer, **kwargs)
-    model = AdaJudgeForRewardModeling._from_config(config, attn_implementation="sdpa")
-    return randomize_head(model.eval(), seed=seed)
+    return testing.make_tiny_judge(tokenizer, seed, random_heads=True, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -324,21 +320,28 @@ def test_reward_function_equals_passing_the_judge_to_trl(judge, chatml):
 
 @contextmanager
 def running_server(app, health: bool = True):
-    """Serve `app` with uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL once it is healthy."""
+    """Serve `app` with uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL once it is healthy. A server
+    that never starts, or never answers /health, is a RuntimeError rather than a test that carries on."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         for _ in range(1000):
-            if server.started:
+            if server.started or not thread.is_alive():
                 break
             time.sleep(0.01)
+        if not server.started:
+            raise RuntimeError("The test server never started (within 10 s); its error is in the log above.")
         port = server.servers[0].sockets[0].getsockname()[1]
         url = f"http://127.0.0.1:{port}"
+        healthy = not health
         for _ in range(1000 if health else 0):
             if httpx.get(f"{url}/health").status_code == 200:
+                healthy = True
                 break
             time.sleep(0.01)
+        if not healthy:
+            raise RuntimeError(f"The test server at {url} started but /health never answered 200 (within 10 s).")
         yield url
     finally:
         server.should_exit = True

@@ -18,7 +18,7 @@ from trl import RewardConfig, RewardTrainer
 from adajudge_hf import AdaJudgeForRewardModeling
 from adajudge_hf.checkpoint import load_judge, save_judge
 from adajudge_hf.lora import BACKBONE_TARGET_MODULES, adajudge_lora_config
-from adajudge_hf.testing import make_tiny_judge_config, save_tiny_causal_lm
+from adajudge_hf.testing import make_tiny_judge, save_tiny_causal_lm
 from adajudge_hf.trainer import AdaJudgeRewardConfig, AdaJudgeRewardTrainer, NonFiniteLossError
 
 
@@ -77,8 +77,7 @@ def make_args(output_dir, **kwargs) -> AdaJudgeRewardConfig:
 
 
 def new_judge(tokenizer, seed: int = 0, **config_kwargs) -> AdaJudgeForRewardModeling:
-    torch.manual_seed(seed)
-    return AdaJudgeForRewardModeling(make_tiny_judge_config(tokenizer, **config_kwargs))
+    return make_tiny_judge(tokenizer, seed, **config_kwargs).train()
 
 
 def head_state(model) -> dict[str, torch.Tensor]:

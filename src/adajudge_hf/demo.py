@@ -30,7 +30,8 @@ from .backbones import DEFAULT_BACKBONE, resolve_backbone
 from .checkpoint import save_judge
 from .comparison import hierarchical_bootstrap
 from .embedded_data import load_embedded_preferences
-from .evaluation.data import limit_per_group, load_benchmark, load_preference_pairs
+from .evaluation.benchmarks import limit_per_group, load_benchmark
+from .evaluation.data import load_preference_pairs
 from .evaluation.report import as_chat, benchmark_examples, format_summary, report_scores
 from .evaluation.scoring import ScoringOutput, depth_candidate_names
 from .features import PackedFeatures, extract_features, score_features, train_heads
@@ -59,6 +60,7 @@ CAVEAT = (
     "benchmarks/quality.md for the multi-seed comparison), and on single-source data the router has little to route on."
 )
 PACKAGED = "AdaJudge"
+HELD_OUT = "held-out pairs"
 
 
 @dataclass
@@ -173,7 +175,7 @@ def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
             backbone, tokenizer=tokenizer, dtype=precision.dtype, **fields
         ).eval()
     reference = judges[PACKAGED]
-    benchmarks = {"held-out pairs": ("pairs", held_out)}
+    benchmarks = {HELD_OUT: ("pairs", held_out)}
     for benchmark, data in (("rm-bench", args.rm_bench), ("judgebench", args.judgebench)):
         if data is not None:
             dataset = load_benchmark(benchmark, data)
@@ -216,7 +218,7 @@ def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
             info = {"model": name, "command": command, **precision.as_record()}
             result = report_scores(benchmark, dataset, scoring_output(judge, scored), info, report_dir)
             row[label] = result.metrics
-            if benchmark == "pairs":
+            if label == HELD_OUT:
                 held_out_correct[name] = (scored["rewards"][:, 0] > scored["rewards"][:, 1]).double()
                 if scored["routing_weights"] is not None and scored["routing_weights"].shape[-1] > 1:
                     row["mean_routing"] = dict(

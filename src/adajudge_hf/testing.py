@@ -8,10 +8,11 @@ the local servers and process groups of tests and benchmarks a port of their own
 import socket
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Qwen3Config
 
-from .modeling import AdaJudgeConfig
+from .modeling import AdaJudgeConfig, AdaJudgeForRewardModeling
 
 
 CHATML_TEMPLATE = (
@@ -103,10 +104,28 @@ def make_tiny_judge_config(tokenizer: PreTrainedTokenizerFast, **judge_kwargs) -
     )
 
 
+def make_tiny_judge(
+    tokenizer: PreTrainedTokenizerFast, seed: int = 0, random_heads: bool = False, **judge_kwargs
+) -> AdaJudgeForRewardModeling:
+    """A tiny random judge (`make_tiny_judge_config(tokenizer, **judge_kwargs)`) in eval mode, the same for the same
+    `seed`. Its heads are initialised as for training (zero output layers) unless `random_heads`: see
+    `randomize_head`."""
+    torch.manual_seed(seed)
+    judge = AdaJudgeForRewardModeling(make_tiny_judge_config(tokenizer, **judge_kwargs)).eval()
+    return randomize_head(judge, seed=seed) if random_heads else judge
+
+
+def randomize_head(model: AdaJudgeForRewardModeling, seed: int = 0, std: float = 0.2) -> AdaJudgeForRewardModeling:
+    """Give every head parameter random non-zero values, so zero-initialised paths are exercised too."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.judge_head.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+    return model
+
+
 def save_tiny_causal_lm(directory: str | Path, template: str = "chatml", seed: int = 0) -> Path:
     """Save a tiny random causal LM with its tokenizer, laid out like a Hub checkpoint (e.g. `Qwen/Qwen3-8B`)."""
-    import torch
-
     directory = Path(directory)
     tokenizer = make_tiny_tokenizer(template)
     torch.manual_seed(seed)

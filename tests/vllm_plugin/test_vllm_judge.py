@@ -32,6 +32,7 @@ from adajudge_hf.backbones import DEFAULT_BACKBONE, resolve_backbone  # noqa: E4
 from adajudge_hf.modeling import find_response_template  # noqa: E402
 from adajudge_hf.testing import free_port, make_tiny_backbone_config, make_tiny_tokenizer  # noqa: E402
 from adajudge_hf.vllm.model import MERGE_FIRST, refuse_split_checkpoint  # noqa: E402
+from adajudge_hf.vllm.model import AdaJudgeForRewardModeling as VllmJudge  # noqa: E402
 
 
 pytestmark = pytest.mark.slow
@@ -132,6 +133,23 @@ def assert_same_rewards(expected: list[float], actual: list[float]) -> None:
     print(f"rewards: transformers {[round(r, 5) for r in expected]}, vllm max |diff| {difference:.2e}")
     assert len(actual) == len(expected)
     assert difference < TOLERANCE, f"vLLM {actual} vs transformers {expected}: max |diff| {difference:.2e}"
+
+
+def test_the_vllm_model_scores_through_the_heads_public_interface(tmp_path):
+    """No copy of the transformers model's layout or scoring code: `rewards` goes through `AdaJudgeLayout.from_inputs`
+    and `AdaJudgeHead.score` and gives the transformers rewards on the same backbone states."""
+    copies = {"_layout", "_locate_response", "_response_after_template", "_score", "_packed_layout"}
+    assert not copies & set(vars(VllmJudge))
+    judge, tokenizer = save_tiny_judge(tmp_path / "judge", "chatml", "qwen3", True, num_refinement_blocks=2)
+    vllm_judge = VllmJudge.__new__(VllmJudge)
+    torch.nn.Module.__init__(vllm_judge)
+    vllm_judge.config, vllm_judge.judge_head = judge.config, judge.judge_head
+    expected, token_ids = transformers_rewards(judge, tokenizer, rendered_texts(tokenizer))
+    sequences = [torch.tensor(ids) for ids in token_ids]
+    with torch.no_grad():
+        states = [judge.model(input_ids=ids[None]).last_hidden_state[0] for ids in sequences]
+        rewards = vllm_judge.rewards(states, sequences)
+    torch.testing.assert_close(rewards[:, 0], torch.tensor(expected), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ official metrics.
 
 - `metrics`: the official metric functions on plain per-item rewards (no model needed), also shipped as `evaluate`
   modules: `evaluate.load(metric_path("rm_bench"))`.
+- `benchmarks`: the `Benchmark` registry: what each benchmark loads, scores, groups and reports.
 - `data`: loaders by official Hub name or from local files in the official formats.
 - `reward_bench`: RewardBench 2 and RewardBench (v1): official scores and loaders.
 - `scoring`: length-bucketed, multi-process scoring of (prompt, response) pairs, with AdaJudge's routing weights.
@@ -11,12 +12,10 @@ official metrics.
 
 from pathlib import Path
 
+from .benchmarks import BENCHMARKS, Benchmark, get_benchmark, limit_per_group, load_benchmark, register_benchmark
 from .data import (
-    BENCHMARKS,
     JUDGEBENCH_HUB_ID,
     RM_BENCH_HUB_ID,
-    limit_per_group,
-    load_benchmark,
     load_judgebench,
     load_preference_pairs,
     load_rm_bench,
@@ -71,11 +70,13 @@ __all__ = [
     "REWARD_BENCH_2_HUB_ID",
     "REWARD_BENCH_HUB_ID",
     "RM_BENCH_HUB_ID",
+    "Benchmark",
     "EvaluationResult",
     "ScoringOutput",
     "benchmark_metrics",
     "distributed_state",
     "evaluate_length_baseline",
+    "get_benchmark",
     "evaluate_model",
     "judgebench_scores",
     "length_buckets",
@@ -89,6 +90,7 @@ __all__ = [
     "metric_path",
     "pairwise_accuracy",
     "parse_hh_rlhf_transcript",
+    "register_benchmark",
     "report_scores",
     "reward_bench_2_scores",
     "reward_bench_scores",

@@ -14,7 +14,8 @@ import sys
 
 from ..cli import accept_underscore_flags
 from ..precision import DTYPE_CHOICES, load_for_inference
-from .data import BENCHMARKS, JUDGEBENCH_SPLITS
+from .benchmarks import BENCHMARKS
+from .data import JUDGEBENCH_SPLITS
 from .progress import ScoringInterrupted
 from .report import LENGTH_BASELINE, evaluate_length_baseline, evaluate_model, format_summary
 from .scoring import DEFAULT_BATCH_TOKENS, distributed_state

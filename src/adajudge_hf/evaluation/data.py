@@ -14,49 +14,50 @@ Every loader returns a `datasets.Dataset` with a fixed set of columns:
   ("\\n\\nHuman: ...\\n\\nAssistant: ..."), whose shared beginning becomes the prompt.
 - RewardBench 2 (`allenai/reward-bench-2`) and RewardBench (`allenai/reward-bench`, split `filtered`): see
   `reward_bench.load_reward_bench_2` / `load_reward_bench`.
+
+`benchmarks.load_benchmark` loads any of them by benchmark name; the file readers here serve every loader.
 """
 
 import gzip
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
 from transformers.utils import logging
 from trl.data_utils import extract_prompt
 
-from .metrics import RM_BENCH_SOURCE_DOMAINS, judgebench_category, rm_bench_domain
-from .reward_bench import limit_reward_bench, load_reward_bench, load_reward_bench_2
+from .metrics import RM_BENCH_SOURCE_DOMAINS, judgebench_category
 
 
 logger = logging.get_logger(__name__)
 
-BENCHMARKS = ("rm-bench", "judgebench", "pairs", "reward-bench-2", "reward-bench")
 RM_BENCH_HUB_ID = "THU-KEG/RM-Bench"
 JUDGEBENCH_HUB_ID = "ScalerLab/JudgeBench"
 JUDGEBENCH_SPLITS = {"gpt": "gpt-4o", "claude": "claude-3-5-sonnet"}
 """JudgeBench split -> prefix of the `response_model` of its pairs. The leaderboard uses `gpt`."""
 DEFAULT_JUDGEBENCH_SPLIT = "gpt"
 
-_SUPPORTED_SUFFIXES = (".json", ".jsonl", ".parquet", ".json.gz", ".jsonl.gz")
+SUPPORTED_SUFFIXES = (".json", ".jsonl", ".parquet", ".json.gz", ".jsonl.gz")
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 Rows = list[dict]
 
 
-def _suffix(path: Path) -> str:
+def data_suffix(path: Path) -> str:
+    """The data format suffix of `path`: `.jsonl.gz`, `.json`, ..."""
     return "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
 
 
-def _is_local(data: str | os.PathLike) -> bool:
+def is_local_data(data: str | os.PathLike) -> bool:
     """Local path or Hub dataset id? A missing path that cannot be a Hub id is reported as missing here."""
     path = Path(data)
     if path.exists():
         return True
-    if _HUB_ID.fullmatch(str(data)) and _suffix(path) not in _SUPPORTED_SUFFIXES:
+    if _HUB_ID.fullmatch(str(data)) and data_suffix(path) not in SUPPORTED_SUFFIXES:
         return False
     raise FileNotFoundError(f"No such file or folder: {data} (nor is it a Hub dataset id like 'owner/name').")
 
@@ -64,9 +65,9 @@ def _is_local(data: str | os.PathLike) -> bool:
 def read_records(path: str | os.PathLike) -> Rows:
     """Rows of a .json (a list of objects), .jsonl (one object per line) or .parquet file; .gz is decompressed."""
     path = Path(path)
-    suffix = _suffix(path)
-    if suffix not in _SUPPORTED_SUFFIXES:
-        raise ValueError(f"Unsupported file {path}: expected one of {', '.join(_SUPPORTED_SUFFIXES)}.")
+    suffix = data_suffix(path)
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise ValueError(f"Unsupported file {path}: expected one of {', '.join(SUPPORTED_SUFFIXES)}.")
     if suffix == ".parquet":
         rows = datasets.Dataset.from_parquet(str(path)).to_list()
     else:
@@ -106,14 +107,16 @@ def _parse_json_rows(text: str, path: Path, json_lines: bool) -> list:
     return rows
 
 
-def _load_hub(repo_id: str, split: str) -> Rows:
+def load_hub_split(repo_id: str, split: str) -> Rows:
+    """Rows of split `split` of Hub dataset `repo_id`; an empty split is an error."""
     rows = datasets.load_dataset(repo_id, split=split).to_list()
     if not rows:
         raise ValueError(f"Split {split!r} of {repo_id} is empty.")
     return rows
 
 
-def _require(rows: Rows, fields: Sequence[str], source: str, what: str) -> None:
+def require_fields(rows: Rows, fields: Sequence[str], source: str, what: str) -> None:
+    """A ValueError naming the first row of `source` that lacks one of `fields` (which `what` need)."""
     for position, row in enumerate(rows):
         missing = [name for name in fields if name not in row]
         if missing:
@@ -129,8 +132,8 @@ def load_rm_bench(data: str | os.PathLike = RM_BENCH_HUB_ID, split: str = "train
 
     A folder is read as its `total_dataset.json` when present, else as all its `*_filtered.json` files.
     """
-    if not _is_local(data):
-        files = {str(data): _load_hub(str(data), split)}
+    if not is_local_data(data):
+        files = {str(data): load_hub_split(str(data), split)}
     elif Path(data).is_dir():
         folder = Path(data)
         paths = [folder / "total_dataset.json"] if (folder / "total_dataset.json").is_file() else []
@@ -145,7 +148,7 @@ def load_rm_bench(data: str | os.PathLike = RM_BENCH_HUB_ID, split: str = "train
 
     items = []
     for source, rows in files.items():
-        _require(rows, ("id", "prompt", "chosen", "rejected"), source, "RM-Bench items")
+        require_fields(rows, ("id", "prompt", "chosen", "rejected"), source, "RM-Bench items")
         file_domain = Path(source).name.removesuffix(".json").removesuffix("_filtered")
         for position, row in enumerate(rows):
             domain = row.get("domain", file_domain)
@@ -182,8 +185,8 @@ def load_judgebench(data: str | os.PathLike = JUDGEBENCH_HUB_ID, split: str | No
     """
     if split is not None and split not in JUDGEBENCH_SPLITS:
         raise ValueError(f"Unknown JudgeBench split {split!r}; expected one of {list(JUDGEBENCH_SPLITS)}.")
-    if not _is_local(data):
-        rows = _load_hub(str(data), split or DEFAULT_JUDGEBENCH_SPLIT)
+    if not is_local_data(data):
+        rows = load_hub_split(str(data), split or DEFAULT_JUDGEBENCH_SPLIT)
         source = f"{data} (split {split or DEFAULT_JUDGEBENCH_SPLIT})"
     else:
         paths = sorted(Path(data).glob("*.jsonl")) if Path(data).is_dir() else [Path(data)]
@@ -192,7 +195,7 @@ def load_judgebench(data: str | os.PathLike = JUDGEBENCH_HUB_ID, split: str | No
         rows = [row for path in paths for row in read_records(path)]
         source = str(data)
     fields = ("pair_id", "source", "question", "response_model", "response_A", "response_B", "label")
-    _require(rows, fields, source, "JudgeBench pairs")
+    require_fields(rows, fields, source, "JudgeBench pairs")
     models = sorted({row["response_model"] for row in rows})
     if split is None and len(models) > 1:
         split = DEFAULT_JUDGEBENCH_SPLIT
@@ -291,9 +294,9 @@ def load_preference_pairs(data: str | os.PathLike, split: str = "test") -> datas
     Pairs whose chosen or rejected response is empty are dropped with a warning (HH-RLHF has a few): a reward model
     cannot score an empty response.
     """
-    rows = read_records(data) if _is_local(data) else _load_hub(str(data), split)
+    rows = read_records(data) if is_local_data(data) else load_hub_split(str(data), split)
     source = str(data)
-    _require(rows, ("chosen", "rejected"), source, "preference pairs")
+    require_fields(rows, ("chosen", "rejected"), source, "preference pairs")
     pairs = [_normalize_pair(row, position, source) for position, row in enumerate(rows)]
     if any(_is_messages(pair[key]) for pair in pairs for key in ("prompt", "chosen", "rejected")):
         # One format for every row, so the columns have one type: plain strings become single turns.
@@ -311,47 +314,3 @@ def load_preference_pairs(data: str | os.PathLike, split: str = "test") -> datas
     if not kept:
         raise ValueError(f"No pair of {source} has two non-empty responses.")
     return datasets.Dataset.from_list(kept)
-
-
-LOADERS: dict[str, Callable[..., datasets.Dataset]] = {
-    "rm-bench": load_rm_bench,
-    "judgebench": load_judgebench,
-    "pairs": load_preference_pairs,
-    "reward-bench-2": load_reward_bench_2,
-    "reward-bench": load_reward_bench,
-}
-
-
-def load_benchmark(
-    benchmark: str, data: str | os.PathLike | None = None, split: str | None = None
-) -> datasets.Dataset:
-    """Load `benchmark` (one of `BENCHMARKS`) from `data`, by default its official Hub dataset."""
-    if benchmark not in LOADERS:
-        raise ValueError(f"Unknown benchmark {benchmark!r}; expected one of {list(BENCHMARKS)}.")
-    if data is None and benchmark == "pairs":
-        raise ValueError("Preference pairs have no default dataset: pass a file or a Hub dataset id as `data`.")
-    kwargs = {} if data is None else {"data": data}
-    if split is not None:
-        kwargs["split"] = split
-    return LOADERS[benchmark](**kwargs)
-
-
-def limit_per_group(dataset: datasets.Dataset, benchmark: str, limit: int) -> datasets.Dataset:
-    """Keep the first `limit` items of each RM-Bench domain or JudgeBench category (every group stays represented),
-    or the first `limit` preference pairs; RewardBench (2): see `limit_reward_bench`."""
-    if limit < 1:
-        raise ValueError(f"`limit` must be >= 1, got {limit}.")
-    if benchmark in ("reward-bench-2", "reward-bench"):
-        return limit_reward_bench(dataset, limit)
-    if benchmark == "pairs":
-        return dataset.select(range(min(limit, len(dataset))))
-    groups = (
-        [rm_bench_domain(domain) for domain in dataset["domain"]] if benchmark == "rm-bench" else dataset["category"]
-    )
-    counts: dict[str, int] = {}
-    keep = []
-    for index, group in enumerate(groups):
-        counts[group] = counts.get(group, 0) + 1
-        if counts[group] <= limit:
-            keep.append(index)
-    return dataset.select(keep)

@@ -38,14 +38,16 @@ JUDGEBENCH_CATEGORIES = {
 JUDGEBENCH_LABELS = ("A>B", "B>A")
 
 
-def _finite_score(value, what: str) -> float:
+def finite_score(value, what: str) -> float:
+    """`value` as a float; NaN is a ValueError naming `what`."""
     score = float(value)
     if math.isnan(score):
         raise ValueError(f"{what} is NaN. A NaN reward means the model or the reward file is broken; fix it first.")
     return score
 
 
-def _field(item: Mapping, key: str, position: int):
+def item_field(item: Mapping, key: str, position: int):
+    """`item[key]`; a ValueError naming the item and its fields when it has none."""
     try:
         return item[key]
     except KeyError:
@@ -84,7 +86,7 @@ def rm_bench_scores(items: Iterable[Mapping]) -> dict:
     prompts: dict[str, int] = {}
     seen: set[tuple[str, object]] = set()
     for position, item in enumerate(items):
-        source_domain, item_id = _field(item, "domain", position), _field(item, "id", position)
+        source_domain, item_id = item_field(item, "domain", position), item_field(item, "id", position)
         if (source_domain, item_id) in seen:
             raise ValueError(
                 f"RM-Bench item ({source_domain!r}, {item_id!r}) appears twice. Items are keyed by (domain, id); "
@@ -94,13 +96,13 @@ def rm_bench_scores(items: Iterable[Mapping]) -> dict:
         domain = rm_bench_domain(source_domain)
         scores = {}
         for key in ("score_chosen", "score_rejected"):
-            values = _field(item, key, position)
+            values = item_field(item, key, position)
             if len(values) != size:
                 raise ValueError(
                     f"RM-Bench item ({source_domain!r}, {item_id!r}) has {len(values)} `{key}` values; it needs "
                     f"{size}, one per style {RM_BENCH_STYLES}."
                 )
-            scores[key] = [_finite_score(v, f"`{key}` of item ({source_domain!r}, {item_id!r})") for v in values]
+            scores[key] = [finite_score(v, f"`{key}` of item ({source_domain!r}, {item_id!r})") for v in values]
         matrix = wins.setdefault(domain, [[0] * size for _ in range(size)])
         for i, chosen in enumerate(scores["score_chosen"]):
             for j, rejected in enumerate(scores["score_rejected"]):
@@ -173,13 +175,13 @@ def judgebench_scores(items: Iterable[Mapping]) -> dict:
             if item["pair_id"] in seen:
                 raise ValueError(f"JudgeBench pair_id {item['pair_id']!r} appears twice; remove the duplicate.")
             seen.add(item["pair_id"])
-        label = _field(item, "label", position)
+        label = item_field(item, "label", position)
         if label not in JUDGEBENCH_LABELS:
             raise ValueError(f"Item {position} has label {label!r}; JudgeBench labels are {JUDGEBENCH_LABELS}.")
-        category = judgebench_category(_field(item, "source", position))
+        category = judgebench_category(item_field(item, "source", position))
         decision = judgebench_decision(
-            _finite_score(_field(item, "score_A", position), f"`score_A` of item {position}"),
-            _finite_score(_field(item, "score_B", position), f"`score_B` of item {position}"),
+            finite_score(item_field(item, "score_A", position), f"`score_A` of item {position}"),
+            finite_score(item_field(item, "score_B", position), f"`score_B` of item {position}"),
         )
         correct[category] = correct.get(category, 0) + (decision == label)
         totals[category] = totals.get(category, 0) + 1
@@ -225,8 +227,8 @@ def pairwise_accuracy(
         raise ValueError("No preference pairs to score.")
     if not 0 < confidence < 1:
         raise ValueError(f"`confidence` must be in (0, 1), e.g. 0.95; got {confidence}.")
-    chosen = [_finite_score(v, f"chosen reward {i}") for i, v in enumerate(chosen_rewards)]
-    rejected = [_finite_score(v, f"rejected reward {i}") for i, v in enumerate(rejected_rewards)]
+    chosen = [finite_score(v, f"chosen reward {i}") for i, v in enumerate(chosen_rewards)]
+    rejected = [finite_score(v, f"rejected reward {i}") for i, v in enumerate(rejected_rewards)]
     wins = sum(c > r for c, r in zip(chosen, rejected))
     low, high = wilson_interval(wins, len(chosen), confidence)
     return {

@@ -15,17 +15,19 @@ write, to `output_dir` (on the main process only):
 `rewards.jsonl`
     One line per item, in dataset order. RM-Bench: `domain`, `id`, `score_chosen` and `score_rejected` (3 rewards
     each, in style order). JudgeBench: `pair_id`, `source`, `category`, `label`, `score_A`, `score_B`, `decision`,
-    `correct`. Pairs: `index`, `score_chosen`, `score_rejected`, `correct`. RewardBench 2 and RewardBench: see
-    `reward_bench.reward_bench_records`. For AdaJudge judges, each side S of an item (chosen / rejected, A / B) also
-    has `routing_weights_S` (pi over the experts, one list per response) and `depth_weights_S` (alpha, or null when
-    K = 0). Feeding these lines back to the metric functions gives `metrics`.
+    `correct`. Pairs: `index`, `score_chosen`, `score_rejected`, `correct`. RewardBench 2: `subset`, `id`,
+    `num_correct`, `scores` (one per completion, chosen first). RewardBench: `subset`, `id`, `score_chosen`,
+    `score_rejected`, `correct`. For AdaJudge judges, each side S of an item (chosen / rejected, A / B) also has
+    `routing_weights_S` (pi over the experts, one list per response) and `depth_weights_S` (alpha, or null when
+    K = 0); RewardBench 2 has `routing_weights` / `depth_weights`, one list per completion. Feeding these lines back
+    to the metric functions gives `metrics` (`Benchmark.records` writes them).
 `routing.json`, `routing.md`, `routing.png` (AdaJudge judges only)
     Mean routing weights per group of responses (RM-Bench domain, JudgeBench category, or all pairs), plus an
     `"all"` group. `routing.json` schema::
 
         {
-          "benchmark": "rm-bench" | "judgebench" | "pairs",
-          "group_by": "domain" | "category" | "all",
+          "benchmark": "<name>",                           # a name of `benchmarks.BENCHMARKS`
+          "group_by": "domain" | "category" | "subset" | "all",  # `Benchmark.group_by`
           "experts": ["last", "mean", "attention"],        # config.experts, in output order
           "depth_candidates": ["H(1)", ..., "H(K)"] | null,  # H(0) first if the depth router may pick H0
           "groups": {
@@ -54,56 +56,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import __version__
 from ..precision import Precision
-from .data import BENCHMARKS, judgebench_split, limit_per_group, load_benchmark
-from .metrics import (
-    JUDGEBENCH_CATEGORIES,
-    RM_BENCH_DOMAINS,
-    judgebench_decision,
-    judgebench_scores,
-    pairwise_accuracy,
-    rm_bench_domain,
-    rm_bench_scores,
-)
+from .benchmarks import get_benchmark, load_benchmark
 from .progress import remove_progress
 from .provenance import judge_identity
-from .reward_bench import (
-    REWARD_BENCH_2_SUBSETS,
-    REWARD_BENCH_SUBSETS,
-    reward_bench_2_scores,
-    reward_bench_records,
-    reward_bench_scores,
-    reward_bench_summary,
-)
 from .scoring import DEFAULT_BATCH_TOKENS, ScoringOutput, distributed_state, score_by_length, score_responses
 
 
 LENGTH_BASELINE = "length-baseline"
 PROGRESS_DIR = ".partial"
 """Folder of `output_dir` that keeps the scored batches of an unfinished evaluation (see `progress`)."""
-
-_COLUMNS = {
-    "rm-bench": ("domain", "id", "prompt", "chosen", "rejected"),
-    "judgebench": ("pair_id", "source", "category", "question", "response_A", "response_B", "label"),
-    "pairs": ("prompt", "chosen", "rejected"),
-    "reward-bench-2": ("subset", "id", "prompt", "chosen", "rejected", "num_correct"),
-    "reward-bench": ("subset", "id", "prompt", "chosen", "rejected"),
-}
-# Responses of one item, in scoring order: side name -> positions among the item's responses.
-_SIDES = {
-    "rm-bench": {"chosen": slice(0, 3), "rejected": slice(3, 6)},
-    "judgebench": {"A": 0, "B": 1},
-    "pairs": {"chosen": 0, "rejected": 1},
-    "reward-bench-2": {"": slice(None)},  # one list of completions per prompt: `routing_weights`, `depth_weights`
-    "reward-bench": {"chosen": 0, "rejected": 1},
-}
-_RESPONSES_PER_ITEM = {"rm-bench": 6, "judgebench": 2, "pairs": 2}
-_GROUP_BY = {
-    "rm-bench": "domain",
-    "judgebench": "category",
-    "pairs": "all",
-    "reward-bench-2": "subset",
-    "reward-bench": "subset",
-}
 
 
 @dataclass
@@ -133,10 +94,9 @@ class EvaluationResult:
 def _prepare_dataset(
     benchmark: str, data: str | os.PathLike | datasets.Dataset | None, split: str | None, limit: int | None
 ) -> datasets.Dataset:
-    if benchmark not in BENCHMARKS:
-        raise ValueError(f"Unknown benchmark {benchmark!r}; expected one of {list(BENCHMARKS)}.")
+    description = get_benchmark(benchmark)
     if isinstance(data, datasets.Dataset):
-        missing = [column for column in _COLUMNS[benchmark] if column not in data.column_names]
+        missing = [column for column in description.columns if column not in data.column_names]
         if missing:
             raise ValueError(
                 f"The dataset lacks the column(s) {missing} of a {benchmark} dataset; load it with "
@@ -145,23 +105,12 @@ def _prepare_dataset(
         dataset = data
     else:
         dataset = load_benchmark(benchmark, data, split)
-    return limit_per_group(dataset, benchmark, limit) if limit is not None else dataset
+    return description.limited(dataset, limit) if limit is not None else dataset
 
 
 def benchmark_examples(benchmark: str, dataset: datasets.Dataset) -> tuple[list, list]:
-    """The (prompts, responses) to score, `_RESPONSES_PER_ITEM[benchmark]` consecutive responses per item."""
-    prompts, responses = [], []
-    for item in dataset:
-        if benchmark in ("rm-bench", "reward-bench-2"):
-            item_responses = list(item["chosen"]) + list(item["rejected"])
-        elif benchmark == "judgebench":
-            item_responses = [item["response_A"], item["response_B"]]
-        else:
-            item_responses = [item["chosen"], item["rejected"]]
-        prompt = item["question"] if benchmark == "judgebench" else item["prompt"]
-        prompts.extend([prompt] * len(item_responses))
-        responses.extend(item_responses)
-    return prompts, responses
+    """The (prompts, responses) to score: each item's responses in turn (`Benchmark.examples`)."""
+    return get_benchmark(benchmark).examples(dataset)
 
 
 def as_chat(tokenizer: PreTrainedTokenizerBase, prompt, response) -> tuple:
@@ -177,50 +126,12 @@ def _records(benchmark: str, dataset: datasets.Dataset, scores: ScoringOutput) -
     rewards = scores.rewards.tolist()
     pis = scores.routing_weights.tolist() if scores.routing_weights is not None else None
     alphas = scores.depth_weights.tolist() if scores.depth_weights is not None else None
-    if benchmark in ("reward-bench-2", "reward-bench"):
-        return reward_bench_records(benchmark, dataset, rewards, pis, alphas)
-    per_item = _RESPONSES_PER_ITEM[benchmark]
-    records = []
-    for position, item in enumerate(dataset):
-        span = slice(position * per_item, (position + 1) * per_item)
-        if benchmark == "rm-bench":
-            record = {"domain": item["domain"], "id": item["id"]}
-        elif benchmark == "judgebench":
-            record = {key: item[key] for key in ("pair_id", "source", "category", "label")}
-        else:
-            record = {"index": position}
-        for name, where in _SIDES[benchmark].items():
-            record[f"score_{name}"] = rewards[span][where]
-        if benchmark == "judgebench":
-            record["decision"] = judgebench_decision(record["score_A"], record["score_B"])
-            record["correct"] = record["decision"] == record["label"]
-        elif benchmark == "pairs":
-            record["correct"] = record["score_chosen"] > record["score_rejected"]
-        if pis is not None:
-            for name, where in _SIDES[benchmark].items():
-                record[f"routing_weights_{name}"] = pis[span][where]
-                record[f"depth_weights_{name}"] = alphas[span][where] if alphas is not None else None
-        records.append(record)
-    return records
+    return get_benchmark(benchmark).records(dataset, rewards, pis, alphas)
 
 
 def benchmark_metrics(benchmark: str, records: Sequence[dict]) -> dict:
     """Official metrics of `benchmark` from the per-item records of `rewards.jsonl`."""
-    if benchmark == "rm-bench":
-        return rm_bench_scores(records)
-    if benchmark == "judgebench":
-        return judgebench_scores(records)
-    if benchmark in ("reward-bench-2", "reward-bench"):
-        return (reward_bench_2_scores if benchmark == "reward-bench-2" else reward_bench_scores)(records)
-    return pairwise_accuracy([r["score_chosen"] for r in records], [r["score_rejected"] for r in records])
-
-
-def _group(benchmark: str, record: dict) -> str:
-    if benchmark == "rm-bench":
-        return rm_bench_domain(record["domain"])
-    if benchmark in ("reward-bench-2", "reward-bench"):
-        return record["subset"]
-    return record["category"] if benchmark == "judgebench" else "all"
+    return get_benchmark(benchmark).metrics(records)
 
 
 def routing_report(
@@ -230,16 +141,17 @@ def routing_report(
 
     Returns the `routing.json` dict described in the module docstring.
     """
+    description = get_benchmark(benchmark)
     vectors: dict[str, tuple[list, list]] = {}  # group -> (pi of each response, alpha of each response)
     for record in records:
         pis, alphas = [], []
-        for name, where in _SIDES[benchmark].items():
+        for name, where in description.sides.items():
             suffix = f"_{name}" if name else ""
             pi, alpha = record[f"routing_weights{suffix}"], record[f"depth_weights{suffix}"]
             pi = [pi] if isinstance(where, int) else pi
             alpha = [None] * len(pi) if alpha is None else [alpha] if isinstance(where, int) else alpha
             pis, alphas = pis + pi, alphas + alpha
-        for group in dict.fromkeys((_group(benchmark, record), "all")):  # pairs have no group but "all"
+        for group in dict.fromkeys((description.group(record), "all")):  # pairs have no group but "all"
             group_pis, group_alphas = vectors.setdefault(group, ([], []))
             group_pis.extend(pis)
             group_alphas.extend(alphas)
@@ -247,15 +159,8 @@ def routing_report(
     def mean(names: Sequence[str], rows: list[list[float]]) -> dict[str, float]:
         return {name: sum(column) / len(rows) for name, column in zip(names, zip(*rows))}
 
-    order = {
-        "rm-bench": RM_BENCH_DOMAINS,
-        "judgebench": tuple(JUDGEBENCH_CATEGORIES.values()),
-        "pairs": (),
-        "reward-bench-2": REWARD_BENCH_2_SUBSETS,
-        "reward-bench": REWARD_BENCH_SUBSETS,
-    }[benchmark]
     groups = {}
-    for group in [group for group in order if group in vectors] + ["all"]:
+    for group in [group for group in description.groups if group in vectors] + ["all"]:
         pis, alphas = vectors[group]
         groups[group] = {
             "num_responses": len(pis),
@@ -264,7 +169,7 @@ def routing_report(
         }
     return {
         "benchmark": benchmark,
-        "group_by": _GROUP_BY[benchmark],
+        "group_by": description.group_by,
         "experts": list(experts),
         "depth_candidates": list(depth_candidates) if depth_candidates else None,
         "groups": groups,
@@ -379,7 +284,7 @@ def report_scores(
 
 def _split_name(benchmark: str, dataset: datasets.Dataset, split: str | None) -> str | None:
     """The split that was scored: the one asked for, else the JudgeBench split the data turned out to hold."""
-    return split or (judgebench_split(dataset) if benchmark == "judgebench" else None)
+    return split or get_benchmark(benchmark).split_of(dataset)
 
 
 def _data_name(data) -> str | None:
@@ -403,7 +308,7 @@ def evaluate_model(
     checkpoint: str | os.PathLike | None = None,
     precision: Precision | None = None,
 ) -> EvaluationResult:
-    """Score `model` on `benchmark` ("rm-bench", "judgebench" or "pairs") and write the report to `output_dir`.
+    """Score `model` on `benchmark` (a name of `benchmarks.BENCHMARKS`) and write the report to `output_dir`.
 
     `data` is a Hub dataset id, a local file or folder in the official format (default: the official Hub dataset), or
     a dataset from `load_benchmark`; `limit` keeps the first `limit` items of each domain / category (see
@@ -476,25 +381,7 @@ def evaluate_length_baseline(
 
 def format_summary(result: EvaluationResult) -> str:
     """A few human-readable lines with the headline numbers."""
-    metrics = result.metrics
-    if result.benchmark == "rm-bench":
-        domains = ", ".join(f"{name} {values['score']:.1f}" for name, values in metrics["domains"].items())
-        lines = [
-            f"RM-Bench overall {metrics['overall']:.1f} over {len(metrics['domains_scored'])} domain(s): {domains}",
-            f"easy {metrics['easy']:.1f} / normal {metrics['normal']:.1f} / hard {metrics['hard']:.1f}",
-        ]
-        if metrics["domains_missing"]:
-            lines.append(f"not scored (absent from the data): {', '.join(metrics['domains_missing'])}")
-    elif result.benchmark in ("reward-bench-2", "reward-bench"):
-        lines = reward_bench_summary(result.benchmark, metrics)
-    elif result.benchmark == "judgebench":
-        categories = ", ".join(f"{name} {values['accuracy']:.1f}" for name, values in metrics["categories"].items())
-        lines = [f"JudgeBench overall {metrics['overall']:.1f} on {metrics['num_pairs']} pairs: {categories}"]
-    else:
-        lines = [
-            f"Pairwise accuracy {metrics['accuracy']:.1f} ({100 * metrics['confidence']:.0f}% CI "
-            f"{metrics['ci_low']:.1f}-{metrics['ci_high']:.1f}) on {metrics['num_pairs']} pairs"
-        ]
+    lines = get_benchmark(result.benchmark).summary(result.metrics)
     if result.output_dir is not None:
         lines.append(f"report written to {result.output_dir}")
     return "\n".join(lines)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import datasets
 
-from .metrics import _field, _finite_score
+from .data import SUPPORTED_SUFFIXES, data_suffix, is_local_data, load_hub_split, read_records, require_fields
+from .metrics import finite_score, item_field
 
 
 REWARD_BENCH_2_HUB_ID = "allenai/reward-bench-2"
@@ -84,7 +85,7 @@ _TIES_ID = re.compile(r"(ref|tied):(\d+)")
 
 
 def _subset(item: Mapping, position: int, known: Sequence[str], benchmark: str) -> str:
-    subset = _field(item, "subset", position)
+    subset = item_field(item, "subset", position)
     if subset not in known:
         raise ValueError(f"Item {position} has unknown {benchmark} subset {subset!r}; expected one of {list(known)}.")
     return subset
@@ -193,11 +194,11 @@ def reward_bench_2_scores(items: Iterable[Mapping]) -> dict:
     seen: set = set()
     for position, item in enumerate(items):
         subset = _subset(item, position, REWARD_BENCH_2_SUBSETS, "RewardBench 2")
-        item_id = _field(item, "id", position)
+        item_id = item_field(item, "id", position)
         _check_unique(seen, (subset, item_id), "RewardBench 2")
         what = f"RewardBench 2 item (subset {subset!r}, id {item_id!r})"
-        scores = [_finite_score(value, f"A reward of {what}") for value in _field(item, "scores", position)]
-        num_correct = _field(item, "num_correct", position)
+        scores = [finite_score(value, f"A reward of {what}") for value in item_field(item, "scores", position)]
+        num_correct = item_field(item, "num_correct", position)
         if not (isinstance(num_correct, numbers.Integral) and 1 <= num_correct < len(scores)):
             raise ValueError(
                 f"{what} has num_correct={num_correct!r} with {len(scores)} scores; it needs 1 <= num_correct < "
@@ -262,11 +263,11 @@ def reward_bench_scores(items: Iterable[Mapping]) -> dict:
     seen: set = set()
     for position, item in enumerate(items):
         subset = _subset(item, position, REWARD_BENCH_SUBSETS, "RewardBench")
-        item_id = _field(item, "id", position)
+        item_id = item_field(item, "id", position)
         _check_unique(seen, (subset, item_id), "RewardBench")
         what = f"of RewardBench item (subset {subset!r}, id {item_id!r})"
-        chosen = _finite_score(_field(item, "score_chosen", position), f"`score_chosen` {what}")
-        rejected = _finite_score(_field(item, "score_rejected", position), f"`score_rejected` {what}")
+        chosen = finite_score(item_field(item, "score_chosen", position), f"`score_chosen` {what}")
+        rejected = finite_score(item_field(item, "score_rejected", position), f"`score_rejected` {what}")
         wins[subset] = wins.get(subset, 0) + (chosen > rejected)
         totals[subset] = totals.get(subset, 0) + 1
     if not totals:
@@ -301,17 +302,17 @@ def reward_bench_scores(items: Iterable[Mapping]) -> dict:
 def _read_official(data: str | os.PathLike, split: str, what: str) -> tuple[list[dict], str]:
     """Rows of a Hub dataset (`split`), a local file, or a folder holding the split's files as the Hub names them
     (`<split>-00000-of-00001.parquet`, e.g. a snapshot of the dataset repository)."""
-    from .data import _SUPPORTED_SUFFIXES, _is_local, _load_hub, _suffix, read_records  # data.py imports this module
-
-    if not _is_local(data):
-        return _load_hub(str(data), split), f"{data} (split {split})"
+    if not is_local_data(data):
+        return load_hub_split(str(data), split), f"{data} (split {split})"
     path = Path(data)
     if not path.is_dir():
         return read_records(path), str(path)
     files = sorted(
         file
         for file in path.rglob(f"{split}*")
-        if file.is_file() and _suffix(file) in _SUPPORTED_SUFFIXES and re.match(rf"{re.escape(split)}[-.]", file.name)
+        if file.is_file()
+        and data_suffix(file) in SUPPORTED_SUFFIXES
+        and re.match(rf"{re.escape(split)}[-.]", file.name)
     )
     if not files:
         raise ValueError(
@@ -332,10 +333,10 @@ def load_reward_bench_2(data: str | os.PathLike = REWARD_BENCH_2_HUB_ID, split: 
     correct completions), `rejected` (the wrong ones), `num_correct`. Every completion is scored once, in the order
     chosen then rejected, as `scripts/run_v2.py` unrolls them.
     """
-    from .data import _require
-
     rows, source = _read_official(data, split, "RewardBench 2")
-    _require(rows, ("id", "prompt", "chosen", "rejected", "num_correct", "subset"), source, "RewardBench 2 prompts")
+    require_fields(
+        rows, ("id", "prompt", "chosen", "rejected", "num_correct", "subset"), source, "RewardBench 2 prompts"
+    )
     items = []
     for position, row in enumerate(rows):
         where = f"Row {position} of {source} (id {row['id']!r})"
@@ -373,10 +374,8 @@ def load_reward_bench(data: str | os.PathLike = REWARD_BENCH_HUB_ID, split: str 
 
     Columns: `subset`, `id`, `prompt`, `chosen`, `rejected` (strings).
     """
-    from .data import _require
-
     rows, source = _read_official(data, split, "RewardBench")
-    _require(rows, ("id", "prompt", "chosen", "rejected", "subset"), source, "RewardBench pairs")
+    require_fields(rows, ("id", "prompt", "chosen", "rejected", "subset"), source, "RewardBench pairs")
     items = []
     for position, row in enumerate(rows):
         where = f"Row {position} of {source} (id {row['id']!r})"
@@ -406,51 +405,20 @@ def limit_reward_bench(dataset: datasets.Dataset, limit: int) -> datasets.Datase
     return dataset.select(keep)
 
 
-def reward_bench_records(benchmark: str, dataset: datasets.Dataset, rewards: list, pis: list | None, alphas) -> list:
-    """Per-item lines of `rewards.jsonl` from the rewards of `benchmark_examples(dataset)` (with the routing weights
-    pi and alpha of AdaJudge judges, else None); they are the items of `reward_bench_2_scores` / `reward_bench_scores`.
-
-    RewardBench 2: `subset`, `id`, `num_correct`, `scores` (one per completion, chosen first), and for AdaJudge judges
-    `routing_weights` / `depth_weights` (one list per completion). RewardBench: `subset`, `id`, `score_chosen`,
-    `score_rejected`, `correct`, and `routing_weights_S` / `depth_weights_S` for S = chosen, rejected.
-    """
-    records, start = [], 0
-    for item in dataset:
-        if benchmark == "reward-bench-2":
-            size = len(item["chosen"]) + len(item["rejected"])
-            span = slice(start, start + size)
-            record = {key: item[key] for key in ("subset", "id", "num_correct")}
-            record["scores"] = rewards[span]
-            if pis is not None:
-                record["routing_weights"] = pis[span]
-                record["depth_weights"] = alphas[span] if alphas is not None else None
-        else:
-            size = 2
-            record = {"subset": item["subset"], "id": item["id"]}
-            record["score_chosen"], record["score_rejected"] = rewards[start], rewards[start + 1]
-            record["correct"] = record["score_chosen"] > record["score_rejected"]
-            if pis is not None:
-                for offset, side in enumerate(("chosen", "rejected")):
-                    record[f"routing_weights_{side}"] = pis[start + offset]
-                    record[f"depth_weights_{side}"] = alphas[start + offset] if alphas is not None else None
-        records.append(record)
-        start += size
-    if start != len(rewards):
-        raise ValueError(f"Got {len(rewards)} rewards for {start} completions of {benchmark}; they must match.")
-    return records
+def reward_bench_2_summary(metrics: dict) -> list[str]:
+    """Headline lines of a RewardBench 2 report."""
+    subsets = ", ".join(f"{name} {values['score']:.1f}" for name, values in metrics["subsets"].items())
+    lines = [
+        f"RewardBench 2 overall {metrics['overall']:.1f} over {len(metrics['subsets'])} subset(s) "
+        f"({metrics['num_prompts']} prompts): {subsets}"
+    ]
+    if metrics["subsets_missing"]:
+        lines.append(f"not scored (absent from the data): {', '.join(metrics['subsets_missing'])}")
+    return lines
 
 
-def reward_bench_summary(benchmark: str, metrics: dict) -> list[str]:
-    """Headline lines of a RewardBench 2 or RewardBench report."""
-    if benchmark == "reward-bench-2":
-        subsets = ", ".join(f"{name} {values['score']:.1f}" for name, values in metrics["subsets"].items())
-        lines = [
-            f"RewardBench 2 overall {metrics['overall']:.1f} over {len(metrics['subsets'])} subset(s) "
-            f"({metrics['num_prompts']} prompts): {subsets}"
-        ]
-        if metrics["subsets_missing"]:
-            lines.append(f"not scored (absent from the data): {', '.join(metrics['subsets_missing'])}")
-        return lines
+def reward_bench_summary(metrics: dict) -> list[str]:
+    """Headline lines of a RewardBench report."""
     sections = ", ".join(f"{name} {values['score']:.1f}" for name, values in metrics["sections"].items())
     lines = [f"RewardBench overall {metrics['overall']:.1f} on {metrics['num_pairs']} pairs: {sections}"]
     if metrics["subsets_missing"]:
@@ -458,12 +426,7 @@ def reward_bench_summary(benchmark: str, metrics: dict) -> list[str]:
     return lines
 
 
-def reward_bench_card_table(benchmark: str, metrics: dict) -> tuple[list, list, str, str | None]:
-    """(header, rows, size, note) of the model-card table of a RewardBench 2 or RewardBench evaluation."""
-    if benchmark == "reward-bench-2":
-        groups, total, unit, what = metrics["subsets"], metrics["num_prompts"], "prompts", "subset"
-    else:
-        groups, total, unit, what = metrics["sections"], metrics["num_pairs"], "pairs", "section"
+def _card_table(metrics: dict, groups: dict, total: int, unit: str, what: str) -> tuple[list, list, str, str | None]:
     rows = [[name, f"{values['score']:.1f}", values[f"num_{unit}"]] for name, values in groups.items()]
     rows.append(["**overall**", f"**{metrics['overall']:.1f}**", total])
     note = None
@@ -475,12 +438,29 @@ def reward_bench_card_table(benchmark: str, metrics: dict) -> tuple[list, list, 
     return [what, "score", unit], rows, f"{total} {unit}", note
 
 
-def reward_bench_card_results(benchmark: str, metrics: dict) -> list[tuple[str, float]]:
-    """(metric name, value) pairs for the model card's `model-index`: `Score` (the leaderboard's; `Score (n of N
-    subsets)` when some subsets are absent), then one entry per subset (RewardBench 2) or section (RewardBench),
-    under its official name."""
-    groups = metrics["subsets"] if benchmark == "reward-bench-2" else metrics["sections"]
-    num_subsets = len(REWARD_BENCH_2_SUBSETS if benchmark == "reward-bench-2" else REWARD_BENCH_SUBSETS)
+def reward_bench_2_card_table(metrics: dict) -> tuple[list, list, str, str | None]:
+    """(header, rows, size, note) of the model-card table of a RewardBench 2 evaluation: one row per subset."""
+    return _card_table(metrics, metrics["subsets"], metrics["num_prompts"], "prompts", "subset")
+
+
+def reward_bench_card_table(metrics: dict) -> tuple[list, list, str, str | None]:
+    """(header, rows, size, note) of the model-card table of a RewardBench evaluation: one row per section."""
+    return _card_table(metrics, metrics["sections"], metrics["num_pairs"], "pairs", "section")
+
+
+def _card_results(metrics: dict, groups: dict, num_subsets: int) -> list[tuple[str, float]]:
     missing = len(metrics["subsets_missing"])
     overall = f"Score ({num_subsets - missing} of {num_subsets} subsets)" if missing else "Score"
     return [(overall, metrics["overall"])] + [(name, values["score"]) for name, values in groups.items()]
+
+
+def reward_bench_2_card_results(metrics: dict) -> list[tuple[str, float]]:
+    """(metric name, value) pairs for the model card's `model-index`: `Score` (the leaderboard's; `Score (n of N
+    subsets)` when some subsets are absent), then one entry per subset under its official name."""
+    return _card_results(metrics, metrics["subsets"], len(REWARD_BENCH_2_SUBSETS))
+
+
+def reward_bench_card_results(metrics: dict) -> list[tuple[str, float]]:
+    """(metric name, value) pairs for the model card's `model-index`: `Score` (as for RewardBench 2), then one entry
+    per section under its official name."""
+    return _card_results(metrics, metrics["sections"], len(REWARD_BENCH_SUBSETS))

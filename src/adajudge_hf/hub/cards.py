@@ -10,11 +10,11 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..checkpoint import ADAPTER_CONFIG_FILE
+from ..evaluation.benchmarks import get_benchmark
 from ..evaluation.provenance import weight_file_hashes
-from ..evaluation.reward_bench import reward_bench_card_results, reward_bench_card_table
-from ..modeling import AdaJudgeConfig
+from ..modeling import REMOTE_CODE_FILES, AdaJudgeConfig
 from ..modeling.configuration_adajudge import POOLING_EXPERTS
-from .folders import _BENCHMARKS, Evaluation, _is_repo_id, check_checkpoint, check_evaluations_match, read_evaluations
+from .folders import Evaluation, check_checkpoint, check_evaluations_match, is_repo_id, read_evaluations
 
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ PAPER_RESULTS = {
     "Qwen/Qwen3-4B": {"backbone": "Qwen3-4B", "k": 3, "last": (67.6, 62.3), "adajudge": (70.8, 66.0)},
     "Qwen/Qwen3-8B": {"backbone": "Qwen3-8B", "k": 3, "last": (67.3, 63.1), "adajudge": (71.1, 66.0)},
 }
-"""Overall accuracy (%) on (RM-Bench, JudgeBench) reported by the AdaJudge paper, keyed by the backbone's Hub id."""
+"""Overall accuracy (%) on the `PAPER_BENCHMARKS` reported by the AdaJudge paper, keyed by the backbone's Hub id."""
+PAPER_BENCHMARKS = ("rm-bench", "judgebench")
 PAPER_REFERENCES = {"Skywork-Reward-Llama-3.1-8B": (70.1, 62.3), "Skywork-Reward-Gemma-2-27B": (70.5, 64.3)}
 PAPER_ABLATION = {
     "Qwen/Qwen3-4B": {
@@ -53,8 +54,8 @@ FAMILY_DATASETS = ["nvidia/HelpSteer3"]
 CARD_TEMPLATE = "adajudge_card.md.jinja"
 DEFAULT_NAMESPACE = "org"
 _FORM_DESCRIPTIONS = {
-    "full": "`model.safetensors` holds the backbone and the heads, and `configuration_adajudge.py` / "
-    "`modeling_adajudge.py` let 🤗 Transformers load it without this package.",
+    "full": "`model.safetensors` holds the backbone and the heads, and the model's code files let 🤗 Transformers "
+    "load it without this package.",
     "adapter": "LoRA adapters (`adapter_model.safetensors`) and the heads (`judge_head.safetensors`); the backbone is "
     "fetched from its own repo when loading.",
     "heads": "the heads only (`judge_head.safetensors`) on a frozen backbone, which is fetched from its own repo when "
@@ -62,44 +63,9 @@ _FORM_DESCRIPTIONS = {
 }
 
 
-def _percent(value: float) -> str:
-    return f"{value:.1f}"
-
-
 def _table(evaluation: Evaluation) -> dict:
     """The Markdown table of one evaluation for the card: header, rows and a note."""
-    metrics, note = evaluation.metrics, None
-    if evaluation.benchmark == "rm-bench":
-        header = ["domain", "score", "easy", "normal", "hard", "prompts"]
-        rows = [
-            [domain, *(_percent(values[key]) for key in ("score", "easy", "normal", "hard")), values["num_prompts"]]
-            for domain, values in metrics["domains"].items()
-        ]
-        rows.append(
-            ["**overall**", *(f"**{_percent(metrics[key])}**" for key in ("overall", "easy", "normal", "hard"))]
-            + [metrics["num_prompts"]]
-        )
-        if metrics["domains_missing"]:
-            note = (
-                f"Not scored: {', '.join(metrics['domains_missing'])} (absent from the data), so the overall is the "
-                f"mean of {', '.join(metrics['domains_scored'])} and not the leaderboard's overall."
-            )
-        size = f"{metrics['num_prompts']} prompts"
-    elif evaluation.benchmark == "judgebench":
-        header = ["category", "accuracy", "pairs"]
-        rows = [
-            [name, _percent(values["accuracy"]), values["num_pairs"]] for name, values in metrics["categories"].items()
-        ]
-        rows.append(["**overall** (all pairs)", f"**{_percent(metrics['overall'])}**", metrics["num_pairs"]])
-        size = f"{metrics['num_pairs']} pairs"
-    elif evaluation.benchmark in ("reward-bench-2", "reward-bench"):
-        header, rows, size, note = reward_bench_card_table(evaluation.benchmark, metrics)
-    else:
-        header = ["accuracy", f"{100 * metrics['confidence']:.0f}% interval", "ties", "mean margin", "pairs"]
-        interval = f"{_percent(metrics['ci_low'])}-{_percent(metrics['ci_high'])}"
-        rows = [[_percent(metrics["accuracy"]), interval, metrics["num_ties"], f"{metrics['mean_margin']:.3f}"]]
-        rows[0].append(metrics["num_pairs"])
-        size = f"{metrics['num_pairs']} pairs"
+    header, rows, size, note = get_benchmark(evaluation.benchmark).card_table(evaluation.metrics)
     return {
         "title": evaluation.title,
         "command": evaluation.command,
@@ -113,11 +79,11 @@ def _table(evaluation: Evaluation) -> dict:
 
 def _eval_results(evaluation: Evaluation) -> list[EvalResult]:
     """The `model-index` entries of one evaluation (accuracies in %)."""
-    metrics, report = evaluation.metrics, evaluation.report
-    name, dataset_type = _BENCHMARKS.get(evaluation.benchmark, (evaluation.title, None))
-    if dataset_type is None:  # preference pairs: the data is the dataset
+    benchmark, report = get_benchmark(evaluation.benchmark), evaluation.report
+    dataset_type = benchmark.hub_id
+    if dataset_type is None:  # the data itself is the dataset (preference pairs): its repo id, else a slug
         data = report.get("data")
-        dataset_type = data if _is_repo_id(data) else "preference-pairs"
+        dataset_type = data if is_repo_id(data) else benchmark.title.lower().replace(" ", "-")
     common = dict(
         task_type="text-classification",
         task_name="Reward modeling",
@@ -126,22 +92,7 @@ def _eval_results(evaluation: Evaluation) -> list[EvalResult]:
         dataset_split=report.get("split"),
         metric_type="accuracy",
     )
-    if evaluation.benchmark == "rm-bench":
-        scored = ", ".join(metrics["domains_scored"])
-        values = [(f"Overall accuracy ({scored})", metrics["overall"])]
-        values += [(f"{domain.capitalize()} accuracy", v["score"]) for domain, v in metrics["domains"].items()]
-        values += [
-            (f"{level.capitalize()} accuracy ({scored})", metrics[level]) for level in ("easy", "normal", "hard")
-        ]
-    elif evaluation.benchmark == "judgebench":
-        values = [("Overall accuracy", metrics["overall"])]
-        values += [
-            (f"{category.capitalize()} accuracy", v["accuracy"]) for category, v in metrics["categories"].items()
-        ]
-    elif evaluation.benchmark in ("reward-bench-2", "reward-bench"):
-        values = reward_bench_card_results(evaluation.benchmark, metrics)
-    else:
-        values = [("Pairwise accuracy", metrics["accuracy"])]
+    values = benchmark.card_results(evaluation.metrics)
     return [EvalResult(metric_name=metric, metric_value=round(value, 2), **common) for metric, value in values]
 
 
@@ -152,15 +103,15 @@ def _paper_eval_results(base_model: str) -> list[EvalResult]:
         EvalResult(
             task_type="text-classification",
             task_name="Reward modeling",
-            dataset_type=dataset_type,
-            dataset_name=name,
+            dataset_type=benchmark.hub_id,
+            dataset_name=benchmark.title,
             metric_type="accuracy",
             metric_name="Overall accuracy (reported by the paper)",
             metric_value=value,
             source_name="AdaJudge paper (Miao et al., ACL 2026)",
             source_url=PAPER_URL,
         )
-        for (name, dataset_type), value in zip(_BENCHMARKS.values(), paper["adajudge"])
+        for benchmark, value in zip(map(get_benchmark, PAPER_BENCHMARKS), paper["adajudge"])
     ]
 
 
@@ -286,6 +237,7 @@ def _render(
         repo_id=repo_id,
         form=form,
         form_description=_FORM_DESCRIPTIONS[form],
+        remote_code_files=REMOTE_CODE_FILES,
         num_refinement_blocks=config.num_refinement_blocks,
         pooling=config.pooling,
         status=status,
@@ -314,7 +266,7 @@ def check_card(card: ModelCard | str) -> None:
         values = data.get(key)
         values = [values] if isinstance(values, str) else values or []
         problems += [
-            f"`{key}`: {value!r} is not a Hub repo id (org/name)." for value in values if not _is_repo_id(value)
+            f"`{key}`: {value!r} is not a Hub repo id (org/name)." for value in values if not is_repo_id(value)
         ]
     for result in data.eval_results or []:
         if isinstance(result.metric_value, bool) or not isinstance(result.metric_value, (int, float)):
@@ -349,7 +301,7 @@ def render_card(
     form, evaluations = check_checkpoint(folder), read_evaluations(eval_dir)
     if evaluations:
         check_evaluations_match(evaluations, folder, weight_file_hashes(folder), force=force)
-    return _checkpoint_card(
+    return checkpoint_card(
         folder,
         form,
         evaluations,
@@ -361,12 +313,12 @@ def render_card(
     )
 
 
-def _checkpoint_card(
+def checkpoint_card(
     folder: Path, form: str, evaluations: list[Evaluation], *, base_model: str | None, **card_kwargs
 ) -> ModelCard:
     config = AdaJudgeConfig.from_pretrained(folder)
     recorded = getattr(config, "base_model_name_or_path", None) or config.text_config._name_or_path
-    base_model = base_model or (recorded if _is_repo_id(recorded) else None)
+    base_model = base_model or (recorded if is_repo_id(recorded) else None)
     if base_model is None:
         logger.warning(
             f"The backbone of {folder} is recorded as {recorded!r}, not a Hub repo id; the card has no `base_model`. "

@@ -10,6 +10,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from ..checkpoint import detect_judge_form
+from ..evaluation.benchmarks import BENCHMARKS, get_benchmark
 from ..evaluation.provenance import weights_fingerprint
 from ..lora import HEAD_MODULE
 from ..modeling import AdaJudgeConfig
@@ -18,17 +19,13 @@ from ..modeling import AdaJudgeConfig
 logger = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
-_BENCHMARKS = {
-    "rm-bench": ("RM-Bench", "THU-KEG/RM-Bench"),
-    "judgebench": ("JudgeBench", "ScalerLab/JudgeBench"),
-    "reward-bench-2": ("RewardBench 2", "allenai/reward-bench-2"),
-    "reward-bench": ("RewardBench", "allenai/reward-bench"),
-}
+REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+"""A Hub repo id: `org/name`."""
 
 
-def _is_repo_id(name: str | None) -> bool:
-    return bool(name) and _REPO_ID.fullmatch(name) is not None and not Path(name).exists()
+def is_repo_id(name: str | None) -> bool:
+    """Whether `name` is a Hub repo id and not a local path."""
+    return bool(name) and REPO_ID.fullmatch(name) is not None and not Path(name).exists()
 
 
 def _tensor_names(folder: Path) -> set[str]:
@@ -73,7 +70,7 @@ def check_checkpoint(checkpoint_dir: str | Path) -> str:
         )
     if form != "full":
         base = AdaJudgeConfig.get_config_dict(str(folder))[0].get("base_model_name_or_path")
-        if not _is_repo_id(base):
+        if not is_repo_id(base):
             raise ValueError(
                 f"{folder}/config.json records the backbone as {base!r}, which is not a Hub repo id, so nobody else "
                 "could load this judge. Re-save it with `save_judge(..., base_model_name_or_path='<org>/<backbone>')`."
@@ -112,9 +109,9 @@ class Evaluation:
 
     @property
     def title(self) -> str:
-        name = _BENCHMARKS.get(self.benchmark, ("Preference pairs",))[0]
+        benchmark = get_benchmark(self.benchmark)
         data = self.report.get("split") or (Path(self.report["data"]).name if self.report.get("data") else None)
-        return f"{name} ({data})" if data and self.benchmark != "rm-bench" else name
+        return f"{benchmark.title} ({data})" if data and benchmark.data_in_title else benchmark.title
 
 
 def read_evaluation(folder: str | Path) -> Evaluation:
@@ -126,7 +123,7 @@ def read_evaluation(folder: str | Path) -> Evaluation:
             f"{folder} has no metrics.json; pass the --output-dir of `adajudge evaluate` (or a folder of such folders)."
         )
     report = json.loads(path.read_text())
-    if report.get("benchmark") not in (*_BENCHMARKS, "pairs") or "metrics" not in report:
+    if report.get("benchmark") not in BENCHMARKS or "metrics" not in report:
         raise ValueError(f"{path} is not an `adajudge evaluate` report (no known `benchmark` and `metrics`).")
     routing = folder / "routing.md"
     image = folder / "routing.png"
@@ -147,7 +144,7 @@ def read_evaluations(eval_dirs: str | Path | list[str | Path] | None) -> list[Ev
         folder = Path(folder)
         children = sorted(child.parent for child in folder.glob("*/metrics.json"))
         folders += [folder] if (folder / "metrics.json").is_file() or not children else children
-    order = (*_BENCHMARKS, "pairs")
+    order = list(BENCHMARKS)
     evaluations = sorted(map(read_evaluation, folders), key=lambda e: (order.index(e.benchmark), e.folder.name))
     names = [evaluation.folder.name for evaluation in evaluations]
     duplicates = sorted({name for name in names if names.count(name) > 1})

@@ -10,8 +10,8 @@ from .. import __version__
 from ..checkpoint import ADAPTER_CONFIG_FILE, adapter_config_for_repo
 from ..evaluation.provenance import WEIGHTS_SUFFIX
 from ..modeling import REMOTE_CODE_FILES
-from .cards import _checkpoint_card
-from .folders import _REPO_ID, Evaluation, check_checkpoint, check_evaluations_match, read_evaluations
+from .cards import checkpoint_card
+from .folders import REPO_ID, Evaluation, check_checkpoint, check_evaluations_match, read_evaluations
 
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def push_judge(
     Returns the `CommitInfo` of the last commit.
     """
     folder = Path(checkpoint_dir)
-    if not _REPO_ID.fullmatch(repo_id):
+    if not REPO_ID.fullmatch(repo_id):
         raise ValueError(f"`repo_id` must look like 'org/name', got {repo_id!r}.")
     form, evaluations = check_checkpoint(folder), read_evaluations(eval_dir)
     operations = _upload_operations(folder, form, evaluations)
@@ -80,7 +80,7 @@ def push_judge(
     }
     check_evaluations_match(evaluations, folder, weight_hashes, force=force)
     card_kwargs = dict(repo_id=repo_id, base_model=base_model, datasets=datasets, license=license)
-    card = _checkpoint_card(folder, form, evaluations, code_revision=None, **card_kwargs)
+    card = checkpoint_card(folder, form, evaluations, code_revision=None, **card_kwargs)
     token = token or get_token()
     if not token:
         raise ValueError(
@@ -103,7 +103,7 @@ def push_judge(
         revision=revision,
     )
     if form == "full":
-        pinned = _checkpoint_card(folder, form, evaluations, code_revision=info.oid, **card_kwargs)
+        pinned = checkpoint_card(folder, form, evaluations, code_revision=info.oid, **card_kwargs)
         info = api.create_commit(
             repo_id,
             [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(pinned).encode())],
