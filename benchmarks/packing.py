@@ -7,18 +7,26 @@
    (length-batched) vs `score_packed_ids` (the prompt once per packed row).
 
 Both layouts give the same rewards (checked here, and in tests/test_packing.py). Times are medians of `--reps`.
+Best-of-N also reports its token bound, independent tokens / packed tokens: on a CPU, where cost is linear in
+tokens, no layout gains more. `--dtypes fp32 bf16` times best-of-N with the backbone in each dtype (heads in fp32),
+the dtypes interleaved within each repetition; default: the dtype `--dtype auto` picks on this CPU.
 
     python benchmarks/packing.py                        # SmolLM2-135M (resolved offline)
     python benchmarks/packing.py --backbone tiny --reps 1   # smoke run
+    python benchmarks/packing.py --best-of-n-only --n 16 --ratios 4 --dtypes fp32 bf16 --reps 5 \
+        --output-dir benchmarks/results/packing-dtypes
 """
 
 import argparse
+import copy
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+from hardware import DTYPES, benchmark_dtype, hardware, hardware_markdown
 from transformers import AutoTokenizer
 
 from adajudge_hf import AdaJudgeForRewardModeling
@@ -124,38 +132,82 @@ def independent_scores(model, prompt: list[int], responses: list[list[int]], bat
     return torch.cat(rewards)
 
 
-def best_of_n_comparison(model, reps: int, response_length: int, batch_tokens: int, row_tokens: int) -> list[dict]:
-    vocab = model.config.text_config.vocab_size
+def best_of_n_comparison(
+    models: dict[str, AdaJudgeForRewardModeling],
+    reps: int,
+    response_length: int,
+    batch_tokens: int,
+    row_tokens: int,
+    sizes: list[int],
+    ratios: list[int],
+) -> list[dict]:
+    """Per (ratio, N, dtype): independent vs packed seconds, median and min-max of `reps`; within a repetition every
+    dtype and layout runs once, the order rotating, so machine noise falls on all of them alike."""
+    vocab = next(iter(models.values())).config.text_config.vocab_size
     generator = torch.Generator().manual_seed(1)
     results = []
-    for ratio in (1, 4, 16):
+    for ratio in ratios:
         prompt = torch.randint(3, vocab, (ratio * response_length,), generator=generator).tolist()
-        for n in (4, 16, 64):
+        for n in sizes:
             responses = torch.randint(3, vocab, (n, response_length), generator=generator).tolist()
-            packed = score_packed_ids(model, prompt, responses, max_tokens_per_row=row_tokens)["rewards"]
-            torch.testing.assert_close(
-                packed, independent_scores(model, prompt, responses, batch_tokens), atol=1e-3, rtol=1e-3
+            runs = {}
+            for dtype, model in models.items():
+                packed = score_packed_ids(model, prompt, responses, max_tokens_per_row=row_tokens)["rewards"]
+                atol = 1e-3 if dtype == "fp32" else 3e-2  # bf16: tests/test_precision.py's tolerance
+                independent = independent_scores(model, prompt, responses, batch_tokens).float()
+                torch.testing.assert_close(packed, independent, atol=atol * max(1.0, independent.abs().max()), rtol=0)
+                runs[(dtype, "independent")] = lambda m=model, p=prompt, r=responses: independent_scores(
+                    m, p, r, batch_tokens
+                )
+                runs[(dtype, "packed")] = lambda m=model, p=prompt, r=responses: score_packed_ids(
+                    m, p, r, max_tokens_per_row=row_tokens
+                )
+            seconds = {key: [] for key in runs}
+            keys = list(runs)
+            for repeat in range(reps):
+                for key in keys[repeat % len(keys) :] + keys[: repeat % len(keys)]:
+                    began = time.perf_counter()
+                    runs[key]()
+                    seconds[key].append(time.perf_counter() - began)
+            rows_tokens = len(prompt) + response_length
+            packed_tokens = sum(
+                len(prompt) + sum(len(r) for r in row) for row in _packed_rows(prompt, responses, row_tokens)
             )
-            independent_s = median_time(
-                lambda p=prompt, r=responses: independent_scores(model, p, r, batch_tokens), reps
-            )
-            packed_s = median_time(
-                lambda p=prompt, r=responses: score_packed_ids(model, p, r, max_tokens_per_row=row_tokens), reps
-            )
-            results.append(
-                {
-                    "n": n,
-                    "prompt_to_response": f"{ratio}:1",
-                    "prompt_tokens": len(prompt),
-                    "response_tokens": response_length,
-                    "independent_s": independent_s,
-                    "packed_s": packed_s,
-                    "speedup": independent_s / packed_s,
-                }
-            )
-            print(f"best-of-{n} at {ratio}:1: independent {independent_s:.2f} s, packed {packed_s:.2f} s, "
-                  f"x{independent_s / packed_s:.2f}", flush=True)  # fmt: skip
+            for dtype in models:
+                independent_s, packed_s = seconds[(dtype, "independent")], seconds[(dtype, "packed")]
+                speedups = [a / b for a, b in zip(independent_s, packed_s)]
+                results.append(
+                    {
+                        "n": n,
+                        "prompt_to_response": f"{ratio}:1",
+                        "dtype": dtype,
+                        "prompt_tokens": len(prompt),
+                        "response_tokens": response_length,
+                        "independent_s": statistics.median(independent_s),
+                        "packed_s": statistics.median(packed_s),
+                        "speedup": statistics.median(speedups),
+                        "speedup_min": min(speedups),
+                        "speedup_max": max(speedups),
+                        "token_bound": n * rows_tokens / packed_tokens,
+                        "reps": reps,
+                    }
+                )
+                row = results[-1]
+                print(f"best-of-{n} at {ratio}:1, {dtype}: independent {row['independent_s']:.2f} s, packed "
+                      f"{row['packed_s']:.2f} s, x{row['speedup']:.2f} [{min(speedups):.2f}-{max(speedups):.2f}] "
+                      f"of token bound x{row['token_bound']:.2f}", flush=True)  # fmt: skip
     return results
+
+
+def _packed_rows(prompt: list[int], responses: list[list[int]], row_tokens: int) -> list[list[list[int]]]:
+    """The rows `score_packed_ids` makes: responses in order, a new row when the next would pass `row_tokens`."""
+    rows, current = [], []
+    for ids in responses:
+        if current and len(prompt) + sum(map(len, current)) + len(ids) > row_tokens:
+            rows.append(current)
+            current = []
+        current.append(ids)
+    return [*rows, current]
 
 
 def write(results: dict, output_dir: Path) -> None:
@@ -167,23 +219,34 @@ def write(results: dict, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "packing.json").write_text(json.dumps(results, indent=2))
     lines = [f"# Shared-prompt packing ({results['backbone']}, {results['threads']} threads)", ""]
-    lines += [
-        "| training data | pairs | plain tokens | packed tokens | plain s | packed s | speed-up |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines += [f"Command: `{results['command']}`.", "", hardware_markdown(results["hardware"]), ""]
+    if results["training"]:
+        lines += [
+            "| training data | pairs | plain tokens | packed tokens | plain s | packed s | speed-up |",
+            "|---|---|---|---|---|---|---|",
+        ]
     for r in results["training"]:
         lines.append(f"| {r['data']} | {r['pairs']} | {r['plain_tokens']} | {r['packed_tokens']} | {r['plain_s']:.2f} | "
                      f"{r['packed_s']:.2f} | **x{r['speedup']:.2f}** |")  # fmt: skip
-    lines += ["", "| N | prompt:response | independent s | packed s | speed-up |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Best-of-N: median of the repetitions, speed-up [min–max] per repetition; of bound = speed-up / token bound.",
+        "",
+        "| N | prompt:response | dtype | independent s | packed s | speed-up | token bound | of bound |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["best_of_n"]:
         lines.append(f"| {r['n']} | {r['prompt_to_response']} ({r['prompt_tokens']}:{r['response_tokens']} tokens) | "
-                     f"{r['independent_s']:.2f} | {r['packed_s']:.2f} | **x{r['speedup']:.2f}** |")  # fmt: skip
+                     f"{r['dtype']} | {r['independent_s']:.2f} | {r['packed_s']:.2f} | **x{r['speedup']:.2f}** "
+                     f"[{r['speedup_min']:.2f}–{r['speedup_max']:.2f}] | x{r['token_bound']:.2f} | "
+                     f"{r['speedup'] / r['token_bound']:.2f} |")  # fmt: skip
     (output_dir / "packing.md").write_text("\n".join(lines) + "\n")
 
     figure, axis = plt.subplots(figsize=(5, 3.2))
-    for ratio in ("1:1", "4:1", "16:1"):
-        rows = [r for r in results["best_of_n"] if r["prompt_to_response"] == ratio]
-        axis.plot([r["n"] for r in rows], [r["speedup"] for r in rows], "o-", label=f"prompt:response {ratio}")
+    for ratio in sorted({r["prompt_to_response"] for r in results["best_of_n"]}):
+        for dtype in sorted({r["dtype"] for r in results["best_of_n"]}):
+            rows = [r for r in results["best_of_n"] if r["prompt_to_response"] == ratio and r["dtype"] == dtype]
+            axis.plot([r["n"] for r in rows], [r["speedup"] for r in rows], "o-", label=f"{ratio}, {dtype}")
     axis.set_xscale("log", base=2)
     axis.set_xlabel("N responses")
     axis.set_ylabel("speed-up over independent scoring")
@@ -203,6 +266,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per independent batch")
     parser.add_argument("--row-tokens", type=int, default=4096, help="max tokens of one packed best-of-N row")
     parser.add_argument("--output-dir", default=str(RESULTS))
+    parser.add_argument("--dtypes", nargs="+", choices=("auto", *DTYPES), default=["auto"], help="best-of-N dtypes")
+    parser.add_argument("--n", type=int, nargs="+", default=[4, 16, 64], help="best-of-N sizes")
+    parser.add_argument("--ratios", type=int, nargs="+", default=[1, 4, 16], help="best-of-N prompt:response ratios")
+    parser.add_argument("--best-of-n-only", action="store_true", help="skip the training-step comparison")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     if args.backbone == "tiny":
@@ -218,10 +285,24 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
     model = AdaJudgeForRewardModeling.from_backbone(folder, tokenizer=tokenizer, num_refinement_blocks=3)
-    results = {"backbone": args.backbone, "threads": torch.get_num_threads()}
-    results["training"] = training_comparison(model, tokenizer, args.reps, args.pairs_per_step, args.response_length)
+    results = {
+        "backbone": args.backbone,
+        "threads": torch.get_num_threads(),
+        "command": "python benchmarks/packing.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "hardware": hardware(),
+    }
+    results["training"] = (
+        []
+        if args.best_of_n_only
+        else training_comparison(model, tokenizer, args.reps, args.pairs_per_step, args.response_length)
+    )
+    model.eval()
+    dtypes = dict.fromkeys(benchmark_dtype(choice) for choice in args.dtypes)
+    models = {dtype: copy.deepcopy(model).to(DTYPES[dtype]) if dtype != "fp32" else model for dtype in dtypes}
+    for judge in models.values():  # the heads compute in fp32 whatever the backbone's dtype, as when loaded
+        judge.judge_head.float()
     results["best_of_n"] = best_of_n_comparison(
-        model.eval(), args.reps, args.best_of_n_response_length, args.batch_tokens, args.row_tokens
+        models, args.reps, args.best_of_n_response_length, args.batch_tokens, args.row_tokens, args.n, args.ratios
     )
     write(results, Path(args.output_dir))
     return results

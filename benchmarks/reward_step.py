@@ -4,9 +4,12 @@ With `reward_funcs=judge`, TRL's `GRPOTrainer._calculate_rewards` renders each p
 chat template, pads the B * G rows to the right into one batch and calls the judge, so every row repeats its prompt.
 `AdaJudgeReward(judge, tokenizer)` scores the G completions of a prompt as one packed row [prompt; c1; ...; cG]
 (the prompt computed once) in length-bucketed passes. Both variants are timed on the same B prompts, alternating
-which goes first, and their rewards compared.
+which goes first, and their rewards compared. `--dtypes fp32 bf16` runs both paths with the backbone in each dtype
+(heads in fp32, as `load_judge(dtype=...)` loads them), all four interleaved; default: the dtype `--dtype auto`
+picks on this CPU.
 
     python benchmarks/reward_step.py                                   # SmolLM2-135M, B = 4, G = 8 and 16
+    python benchmarks/reward_step.py --dtypes fp32 bf16 --group-sizes 8 --output-dir benchmarks/results/reward-step-dtypes
     python benchmarks/reward_step.py --backbone tiny --repeats 1       # seconds-long smoke run
 """
 
@@ -25,6 +28,7 @@ from trl.data_utils import apply_chat_template
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from adajudge_hf import load_judge  # noqa: E402
 from adajudge_hf.serve import AdaJudgeReward  # noqa: E402
+from benchmarks.hardware import DTYPES, benchmark_dtype, hardware, hardware_markdown  # noqa: E402
 from benchmarks.serving import RESULTS, build_judge, grpo_groups, spread  # noqa: E402
 
 
@@ -46,13 +50,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-response-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--dtypes", nargs="+", choices=("auto", *DTYPES), default=["auto"])
     args = parser.parse_args(argv)
+    dtypes = list(dict.fromkeys(benchmark_dtype(choice) for choice in args.dtypes))
 
     folder = build_judge(
         args.backbone, Path(tempfile.mkdtemp(prefix="adajudge-reward-step-")), args.num_refinement_blocks
     )
-    judge, tokenizer = load_judge(folder).eval(), AutoTokenizer.from_pretrained(folder)
-    reward = AdaJudgeReward(judge, tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    judges = {dtype: load_judge(folder, dtype=DTYPES[dtype]).eval() for dtype in dtypes}
+    rewards_of = {dtype: AdaJudgeReward(judge, tokenizer) for dtype, judge in judges.items()}
     runs, max_diff = [], 0.0
     steps = {}
     for group_size in args.group_sizes:
@@ -64,55 +71,72 @@ def main(argv: list[str] | None = None) -> dict:
         ]  # TRL repeats each prompt G times
         completions = [[{"role": "assistant", "content": c}] for _, group in groups for c in group]
         steps[group_size] = (prompts, completions)
-    variants = {
-        "trl_model": lambda p, c: trl_model_rewards(judge, tokenizer, p, c),
-        "adajudge_reward": lambda p, c: torch.tensor(reward(prompts=p, completions=c)),
-    }
+    variants = {}
+    for dtype in dtypes:
+        variants[f"trl_model/{dtype}"] = lambda p, c, d=dtype: trl_model_rewards(judges[d], tokenizer, p, c)
+        variants[f"adajudge_reward/{dtype}"] = lambda p, c, d=dtype: torch.tensor(
+            rewards_of[d](prompts=p, completions=c)
+        )
     for score in variants.values():  # warm-up
         score(*steps[args.group_sizes[0]])
+    max_diff_fp32 = 0.0
     for repeat in range(args.repeats):
         for group_size, (prompts, completions) in steps.items():
-            order = list(variants) if (repeat + group_size) % 2 == 0 else list(variants)[::-1]
+            shift = (repeat + group_size) % len(variants)  # which variant goes first rotates
+            order = list(variants)[shift:] + list(variants)[:shift]
             rewards = {}
             for name in order:
                 began = time.perf_counter()
                 rewards[name] = variants[name](prompts, completions)
                 seconds = time.perf_counter() - began
                 runs.append({"variant": name, "group_size": group_size, "repeat": repeat, "seconds": seconds})
-                print(f"repeat {repeat} G={group_size:2d} {name:15s} {seconds:6.2f} s", flush=True)
-            max_diff = max(max_diff, (rewards["trl_model"] - rewards["adajudge_reward"]).abs().max().item())
+                print(f"repeat {repeat} G={group_size:2d} {name:20s} {seconds:6.2f} s", flush=True)
+            for dtype in dtypes:
+                difference = rewards[f"trl_model/{dtype}"] - rewards[f"adajudge_reward/{dtype}"]
+                max_diff = max(max_diff, difference.abs().max().item())
+                if dtype != "fp32" and "fp32" in dtypes:
+                    difference = rewards[f"adajudge_reward/{dtype}"] - rewards["adajudge_reward/fp32"]
+                    max_diff_fp32 = max(max_diff_fp32, difference.abs().max().item())
     summary = []
     for group_size, (prompts, _) in steps.items():
         by = {
             name: [r["seconds"] for r in runs if r["variant"] == name and r["group_size"] == group_size]
             for name in variants
         }
-        speedups = [t / a for t, a in zip(by["trl_model"], by["adajudge_reward"])]
-        summary.append(
-            {"group_size": group_size, "items": len(prompts), **{n: spread(v) for n, v in by.items()},
-             "speedup": spread(speedups)}
-        )  # fmt: skip
+        for dtype in dtypes:
+            trl, ours = by[f"trl_model/{dtype}"], by[f"adajudge_reward/{dtype}"]
+            row = {"group_size": group_size, "items": len(prompts), "dtype": dtype, "trl_model": spread(trl),
+                   "adajudge_reward": spread(ours), "speedup": spread([t / a for t, a in zip(trl, ours)])}  # fmt: skip
+            if dtype != "fp32" and "fp32" in dtypes:  # this dtype's AdaJudgeReward against fp32's, per repetition
+                row["speedup_vs_fp32"] = spread([f / a for f, a in zip(by["adajudge_reward/fp32"], ours)])
+            summary.append(row)
     command = "python benchmarks/reward_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = {"command": command, "backbone": args.backbone, "prompts": args.prompts, "runs": runs,
-              "summary": summary, "max_reward_diff": max_diff}  # fmt: skip
+    result = {"command": command, "backbone": args.backbone, "prompts": args.prompts, "hardware": hardware(),
+              "runs": runs, "summary": summary, "max_reward_diff": max_diff,
+              "max_reward_diff_vs_fp32": max_diff_fp32 if len(dtypes) > 1 else None}  # fmt: skip
     lines = [
         "# GRPO reward step: `AdaJudgeReward` (packed groups) vs `reward_funcs=judge` (TRL's padded batch)",
         "",
-        f"Command: `{command}`. Backbone {args.backbone}, K={args.num_refinement_blocks}, fp32, CPU "
-        f"({torch.get_num_threads()} torch threads); B={args.prompts} prompts of the embedded HH-RLHF test split "
-        f"(≤ {args.max_prompt_tokens} tokens), completions ≤ {args.max_response_tokens} tokens; {args.repeats} "
-        "repetitions, variants alternating. Median [min–max] seconds per reward step.",
+        f"Command: `{command}`. Backbone {args.backbone}, K={args.num_refinement_blocks}, {' and '.join(dtypes)} "
+        f"(heads in fp32), CPU ({torch.get_num_threads()} torch threads); B={args.prompts} prompts of the embedded "
+        f"HH-RLHF test split (≤ {args.max_prompt_tokens} tokens), completions ≤ {args.max_response_tokens} tokens; "
+        f"{args.repeats} repetitions, variants interleaved. Median [min–max] seconds per reward step.",
         "",
-        "| G | items | TRL, judge as reward_funcs | AdaJudgeReward | speed-up |",
-        "|---|---|---|---|---|",
+        hardware_markdown(result["hardware"]),
+        "",
+        "| G | items | dtype | TRL, judge as reward_funcs | AdaJudgeReward | speed-up | AdaJudgeReward vs its fp32 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in summary:
         fmt = lambda s: f"{s['median']:.2f} [{s['min']:.2f}–{s['max']:.2f}]"  # noqa: E731
         lines.append(
-            f"| {row['group_size']} | {row['items']} | {fmt(row['trl_model'])} | {fmt(row['adajudge_reward'])} | "
-            f"×{fmt(row['speedup'])} |"
+            f"| {row['group_size']} | {row['items']} | {row['dtype']} | {fmt(row['trl_model'])} | "
+            f"{fmt(row['adajudge_reward'])} | ×{fmt(row['speedup'])} | "
+            + (f"×{fmt(row['speedup_vs_fp32'])} |" if "speedup_vs_fp32" in row else "– |")
         )
-    lines += ["", f"Largest |reward difference| between the two paths: {max_diff:.2e}."]
+    lines += ["", f"Largest |reward difference| between the two paths in one dtype: {max_diff:.2e}."]
+    if len(dtypes) > 1:
+        lines[-1] += f" Between AdaJudgeReward in bf16 and in fp32: {max_diff_fp32:.2e}."
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "reward_step.json").write_text(json.dumps(result, indent=1))
     (args.output_dir / "reward_step.md").write_text("\n".join(lines) + "\n")

@@ -10,14 +10,23 @@
 Reports real and padded tokens, the padding fraction, seconds and real tokens per second of each, the largest reward
 difference between (1) and (2), and the RM-Bench numbers of the untrained judge on the subset next to the length
 baseline's. The judge is SmolLM2-135M-Instruct (offline copy via `resolve_backbone`) with fresh heads.
+
+`--compare-dtypes fp32 bf16` instead times what `adajudge evaluate` does (`evaluate_model`, the scorer and the report)
+with the backbone in each dtype (heads in fp32), interleaved over `--repeats`, and writes `scoring-dtypes.json/.md`:
+tokens per second per dtype, the ratio per repetition, and the bf16 rewards' distance from fp32's.
+
+    python benchmarks/scoring.py --data ../shared/benchmarks/rm-bench --per-domain 4 --compare-dtypes fp32 bf16
 """
 
 import argparse
 import json
+import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+from hardware import DTYPES, hardware, hardware_markdown
 from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoTokenizer
 
@@ -66,6 +75,85 @@ def summary(encoded, batches, seconds):
     }
 
 
+def compare_dtypes(args, backbone, dataset, dtypes: list[str]) -> dict:
+    """`evaluate_model` with the judge's backbone in each dtype, interleaved: seconds, tokens/s and rewards."""
+    judges = {}
+    for dtype in dtypes:
+        torch.manual_seed(0)  # the same heads
+        judges[dtype] = AdaJudgeForRewardModeling.from_backbone(backbone, dtype=DTYPES[dtype]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    batch_tokens = args.batch_tokens or 8192
+    evaluate = lambda dtype: evaluate_model(  # noqa: E731
+        judges[dtype], tokenizer, "rm-bench", dataset, max_length=args.max_length, batch_tokens=batch_tokens,
+        show_progress=False,
+    )  # fmt: skip
+    for dtype in dtypes:  # warm-up
+        evaluate(dtype)
+    seconds, rewards, tokens = {dtype: [] for dtype in dtypes}, {}, 0
+    for repeat in range(args.repeats):
+        for dtype in dtypes[repeat % len(dtypes) :] + dtypes[: repeat % len(dtypes)]:
+            report, elapsed = timed(lambda d=dtype: evaluate(d))
+            seconds[dtype].append(elapsed)
+            tokens = report.scoring["num_tokens"]
+            rewards[dtype] = torch.tensor(
+                [r for record in report.records for r in record["score_chosen"] + record["score_rejected"]]
+            )
+            print(f"repeat {repeat} {dtype}: {elapsed:.1f} s", flush=True)
+    spread = lambda v: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}  # noqa: E731
+    result = {
+        "command": "python benchmarks/scoring.py " + " ".join(sys.argv[1:]),
+        "hardware": hardware(),
+        "num_prompts": len(dataset),
+        "num_responses": len(next(iter(rewards.values()))),
+        "tokens": tokens,
+        "batch_tokens": batch_tokens,
+        "seconds": {dtype: spread(values) for dtype, values in seconds.items()},
+    }
+    if "fp32" in dtypes:
+        for dtype in dtypes:
+            if dtype != "fp32":
+                result[f"speedup_{dtype}_vs_fp32"] = spread([f / b for f, b in zip(seconds["fp32"], seconds[dtype])])
+                difference = (rewards[dtype] - rewards["fp32"]).abs()
+                result[f"abs_reward_difference_{dtype}_vs_fp32"] = {
+                    "max": difference.max().item(),
+                    "p50": difference.median().item(),
+                    "p99": difference.quantile(0.99).item(),
+                    "reward_std_fp32": rewards["fp32"].std().item(),
+                }
+    return result
+
+
+def write_dtype_report(result: dict, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    fmt = lambda s: f"{s['median']:.1f} [{s['min']:.1f}–{s['max']:.1f}]"  # noqa: E731
+    lines = [
+        "# `adajudge evaluate` scoring throughput by dtype",
+        "",
+        f"Command: `{result['command']}`. RM-Bench subset: {result['num_prompts']} prompts, "
+        f"{result['num_responses']} responses, {result['tokens']} tokens; SmolLM2-135M-Instruct judge, K=3, fresh "
+        f"heads (fp32); budget {result['batch_tokens']} padded tokens per pass; `evaluate_model` timed whole, dtypes "
+        "interleaved, median [min–max] over repetitions.",
+        "",
+        hardware_markdown(result["hardware"]),
+        "",
+        "| dtype | seconds | tokens/s |",
+        "|---|---|---|",
+    ]
+    for dtype, seconds in result["seconds"].items():
+        lines.append(f"| {dtype} | {fmt(seconds)} | {result['tokens'] / seconds['median']:.0f} |")
+    for key, value in result.items():
+        if key.startswith("speedup_"):
+            lines += ["", f"{key}: ×{value['median']:.2f} [{value['min']:.2f}–{value['max']:.2f}] (per repetition)."]
+        if key.startswith("abs_reward_difference_"):
+            lines += [
+                f"{key}: max {value['max']:.2e}, median {value['p50']:.2e}, p99 {value['p99']:.2e} (fp32 rewards' "
+                f"std {value['reward_std_fp32']:.2e})."
+            ]
+    output.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="RM-Bench folder or file in the official format")
@@ -81,7 +169,15 @@ def main() -> None:
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "scoring.json"))
+    parser.add_argument("--compare-dtypes", nargs="+", choices=list(DTYPES), help="time evaluate_model per dtype")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions of --compare-dtypes")
     args = parser.parse_args()
+    if args.compare_dtypes:
+        backbone = resolve_backbone(args.backbone) if args.backbone else resolve_backbone()
+        dataset = limit_per_group(load_rm_bench(args.data), "rm-bench", args.per_domain)
+        result = compare_dtypes(args, backbone, dataset, list(dict.fromkeys(args.compare_dtypes)))
+        write_dtype_report(result, Path(args.output).with_name("scoring-dtypes.json"))
+        return
     batch_tokens = args.batch_tokens or args.batch_size * args.max_length
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

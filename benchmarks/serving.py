@@ -9,12 +9,18 @@ come in GRPO groups: G completions of one prompt, consecutive, so a group is in 
 - `adajudge`: the real `adajudge serve JUDGE` process (dynamic batching, prompt groups packed into one row).
 - `naive`: `serve_rm`'s way, in this file (`--serve-naive`): each request is tokenised and scored on arrival, left
   padded, inside the async handler, so requests are served one at a time.
+- `naive-fp32` (when `--dtype` is not fp32): the naive server in fp32, the baseline of a user who never switched.
+
+`--dtype fp32|bf16` is the weights' dtype of `adajudge serve`, the naive server and the offline bound (the heads compute
+in fp32 either way); `auto` (the default) takes what `adajudge serve --dtype auto` picks on this CPU, bf16 only where it
+has AMX-BF16 / AVX512-BF16 units. The results files name the CPU and its `lscpu` flags.
 
 Each repetition runs every concurrency level on both servers, alternating which goes first, on the same items. Per
 (server, C): items/s, p50/p99 latency, and for `adajudge` the mean items per forward pass (from `/metrics`). The
 rewards of both servers are compared item by item (same judge, so they must agree).
 
     python benchmarks/serving.py                                     # SmolLM2-135M, C = 1 8 32 64, 3 repetitions
+    python benchmarks/serving.py --dtype bf16                        # + the fp32 naive server; results/serving-bf16
     python benchmarks/serving.py --backbone tiny --concurrency 1 8 --repeats 1   # seconds-long smoke run
 """
 
@@ -32,6 +38,7 @@ from pathlib import Path
 
 import aiohttp
 import torch
+from hardware import DTYPES, benchmark_dtype, hardware, hardware_markdown
 
 from adajudge_hf.testing import free_port
 
@@ -93,7 +100,7 @@ def grpo_items(tokenizer, num_prompts: int, group_size: int, max_prompt: int, ma
 # --- the naive server (OpenRLHF serve_rm's way) ------------------------------------------------------------------
 
 
-def serve_naive(judge_folder: str, port: int) -> None:
+def serve_naive(judge_folder: str, port: int, dtype: str) -> None:
     """Score each request on arrival in the handler (blocking the event loop), as `openrlhf.cli.serve_rm` does."""
     import uvicorn
     from fastapi import FastAPI, Request
@@ -101,7 +108,7 @@ def serve_naive(judge_folder: str, port: int) -> None:
 
     from adajudge_hf import load_judge
 
-    judge = load_judge(judge_folder).eval()
+    judge = load_judge(judge_folder, dtype=DTYPES[dtype]).eval()
     tokenizer = AutoTokenizer.from_pretrained(judge_folder)
     app = FastAPI()
 
@@ -123,38 +130,51 @@ def serve_naive(judge_folder: str, port: int) -> None:
 # --- the bound: the same work without a server -------------------------------------------------------------------
 
 
-def offline_bound(judge_folder: Path, items: list[tuple[str, str]], group_size: int, step: int, repeats: int) -> dict:
+def offline_bound(
+    judge_folder: Path, items: list[tuple[str, str]], group_size: int, step: int, repeats: int, dtype: str
+) -> dict:
     """Where the limit lies on this machine: the same items scored in-process, with no HTTP and no waiting.
 
     `per_item`: one forward per item, the naive server's work. `per_group`: one packed row per GRPO group, each
     prompt computed once. `per_step`: `step` items at a time in the passes `adajudge serve` plans for a step. The
     ratios per_item / per_group and per_item / per_step bound what any server can gain here by sharing prompts and
-    batching. Seconds per variant and repetition, variants interleaved."""
+    batching. In another dtype than fp32, `per_item_fp32` is the fp32 naive server's work, and per_item_fp32 /
+    per_step the bound against it. Seconds per variant and repetition, variants interleaved."""
     from transformers import AutoTokenizer
 
     from adajudge_hf import load_judge
     from adajudge_hf.serve.batcher import DynamicBatcher
     from adajudge_hf.serve.templates import ItemEncoder
 
-    judge = load_judge(judge_folder).eval()
+    judge = load_judge(judge_folder, dtype=DTYPES[dtype]).eval()
+    fp32_judge = load_judge(judge_folder, dtype=torch.float32).eval() if dtype != "fp32" else None
     tokenizer = AutoTokenizer.from_pretrained(judge_folder)
     encoder = ItemEncoder(tokenizer)
     encoded = [encoder.from_query(query, prompt)[0] for query, prompt in items]
     batcher = DynamicBatcher(judge, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
     @torch.inference_mode()
-    def per_item():
-        for item in encoded:
+    def per_item(model, items=encoded):
+        for item in items:
             input_ids = torch.tensor([item.input_ids])  # (1, L)
-            judge(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+            model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
 
     def in_steps(size: int):
         for start in range(0, len(encoded), size):
             batcher.score_now(encoded[start : start + size])
 
-    variants = {"per_item": per_item, "per_group": lambda: in_steps(group_size), "per_step": lambda: in_steps(step)}
+    variants = {
+        "per_item": lambda: per_item(judge),
+        "per_group": lambda: in_steps(group_size),
+        "per_step": lambda: in_steps(step),
+    }
+    if fp32_judge is not None:
+        variants["per_item_fp32"] = lambda: per_item(fp32_judge)
     seconds = {name: [] for name in variants}
     in_steps(step)  # warm-up
+    for model in (judge, fp32_judge):
+        if model is not None:
+            per_item(model, encoded[:2])
     for repeat in range(repeats):
         for name, run in variants.items():
             began = time.perf_counter()
@@ -167,6 +187,8 @@ def offline_bound(judge_folder: Path, items: list[tuple[str, str]], group_size: 
     ratios = {
         name: spread([a / b for a, b in zip(seconds["per_item"], seconds[name])]) for name in ("per_group", "per_step")
     }
+    if fp32_judge is not None:
+        ratios["per_step_vs_fp32"] = spread([a / b for a, b in zip(seconds["per_item_fp32"], seconds["per_step"])])
     prompts = {tuple(item.input_ids[: item.prompt_length or 0]) for item in encoded}
     tokens = {  # what each way computes: every item whole, or each prompt once and every response
         "per_item": sum(len(item.input_ids) for item in encoded),
@@ -244,16 +266,21 @@ def batch_counts(url: str) -> tuple[float, float]:
     return value("adajudge_batch_items_sum"), value("adajudge_batch_items_count")
 
 
-def summarize(runs: list[dict], levels: list[int]) -> list[dict]:
+def summarize(runs: list[dict], levels: list[int], servers: list[str]) -> list[dict]:
+    """Per C: each server's figures, and adajudge / naive (same dtype) and, when measured, adajudge / naive-fp32, per
+    repetition."""
     rows = []
     for concurrency in levels:
         by = {
             server: [r for r in runs if r["server"] == server and r["concurrency"] == concurrency]
-            for server in ("naive", "adajudge")
+            for server in servers
         }
-        ratios = [a["items_per_s"] / n["items_per_s"] for a, n in zip(by["adajudge"], by["naive"])]
-        p99_ratios = [a["p99_s"] / n["p99_s"] for a, n in zip(by["adajudge"], by["naive"])]
-        row = {"concurrency": concurrency, "throughput_ratio": spread(ratios), "p99_ratio": spread(p99_ratios)}
+        row = {"concurrency": concurrency}
+        for baseline, suffix in (("naive", ""), ("naive-fp32", "_vs_naive_fp32")):
+            if baseline in by:
+                pairs = list(zip(by["adajudge"], by[baseline]))
+                row["throughput_ratio" + suffix] = spread([a["items_per_s"] / n["items_per_s"] for a, n in pairs])
+                row["p99_ratio" + suffix] = spread([a["p99_s"] / n["p99_s"] for a, n in pairs])
         for server, server_runs in by.items():
             row[server] = {key: spread([r[key] for r in server_runs]) for key in ("items_per_s", "p50_s", "p99_s")}
         row["adajudge"]["items_per_pass"] = spread([r["items_per_pass"] for r in by["adajudge"]])
@@ -266,31 +293,53 @@ def spread(values: list[float]) -> dict:
 
 
 def write_report(result: dict, output_dir: Path) -> None:
+    dtype = result["dtype"]
+    with_fp32 = "throughput_ratio_vs_naive_fp32" in result["summary"][0]
+    bound = result.get("offline_bound")
     lines = [
-        "# Reward server under load: `adajudge serve` vs a naive per-request server",
+        f"# Reward server under load, {dtype}: `adajudge serve` vs a naive per-request server",
         "",
         f"Command: `{result['command']}`. {result['setup']}",
         "",
-        "Median over repetitions, [min–max] across them; ratio = adajudge / naive, per repetition.",
+        hardware_markdown(result["hardware"]),
         "",
-        "| C | naive items/s | adajudge items/s | throughput ratio | naive p50 / p99 s | adajudge p50 / p99 s "
-        "| p99 ratio | items per pass |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Median over repetitions, [min–max] across them; ratio = adajudge / naive ({dtype}), per repetition"
+        + ("; vs fp32 naive = adajudge / the naive server in fp32" if with_fp32 else "")
+        + (f"; of bound = the ratio's median / the offline bound's ({bound['step']}-item steps)" if bound else "")
+        + ".",
+        "",
+        "| C | naive items/s | adajudge items/s | throughput ratio | "
+        + ("vs fp32 naive (items/s) | " if with_fp32 else "")
+        + ("of bound | " if bound else "")
+        + "naive p50 / p99 s | adajudge p50 / p99 s | p99 ratio | items per pass |",
+        "|---|---|---|---|" + ("---|" if with_fp32 else "") + ("---|" if bound else "") + "---|---|---|---|",
     ]
     fmt = lambda s, d=2: f"{s['median']:.{d}f} [{s['min']:.{d}f}–{s['max']:.{d}f}]"  # noqa: E731
     for row in result["summary"]:
         naive, ours = row["naive"], row["adajudge"]
-        lines.append(
-            f"| {row['concurrency']} | {fmt(naive['items_per_s'])} | {fmt(ours['items_per_s'])} | "
-            f"×{fmt(row['throughput_ratio'])} | {naive['p50_s']['median']:.2f} / {naive['p99_s']['median']:.2f} | "
-            f"{ours['p50_s']['median']:.2f} / {ours['p99_s']['median']:.2f} | ×{fmt(row['p99_ratio'])} | "
-            f"{fmt(ours['items_per_pass'], 1)} |"
-        )
+        cells = [str(row["concurrency"]), fmt(naive["items_per_s"]), fmt(ours["items_per_s"])]
+        cells.append(f"×{fmt(row['throughput_ratio'])}")
+        if with_fp32:
+            cells.append(f"×{fmt(row['throughput_ratio_vs_naive_fp32'])} ({fmt(row['naive-fp32']['items_per_s'])})")
+        if bound:
+            cells.append(f"{row['throughput_ratio']['median'] / bound['ratio']['per_step']['median']:.2f}")
+        cells += [
+            f"{naive['p50_s']['median']:.2f} / {naive['p99_s']['median']:.2f}",
+            f"{ours['p50_s']['median']:.2f} / {ours['p99_s']['median']:.2f}",
+            f"×{fmt(row['p99_ratio'])}",
+            fmt(ours["items_per_pass"], 1),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Largest |reward difference| between the servers on the same item: {result['max_reward_diff']:.2e}.",
+        f"Largest |reward difference| between adajudge and the naive server in {dtype} on the same item: "
+        f"{result['max_reward_diff']:.2e}"
+        + (
+            f"; between adajudge ({dtype}) and the fp32 naive server: {result['max_reward_diff_vs_fp32']:.2e}."
+            if with_fp32
+            else "."
+        ),
     ]
-    bound = result.get("offline_bound")
     if bound:
         seconds, ratio = bound["seconds"], bound["ratio"]
         lines += [
@@ -304,6 +353,11 @@ def write_report(result: dict, output_dir: Path) -> None:
             f"Tokens computed: {bound['tokens']['per_item']:,} item by item, {bound['tokens']['per_group']:,} with each "
             f"prompt once (×{bound['tokens']['per_item'] / bound['tokens']['per_group']:.2f}).",
         ]
+        if "per_item_fp32" in seconds:
+            lines[-1] += (
+                f" The fp32 naive server's work (one fp32 forward per item) {fmt(seconds['per_item_fp32'])}: "
+                f"{dtype} steps are ×{fmt(ratio['per_step_vs_fp32'])} faster than that."
+            )
     (output_dir / "serving.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
@@ -314,7 +368,7 @@ def write_report(result: dict, output_dir: Path) -> None:
         return
     figure, axis = plt.subplots(figsize=(5.5, 3.6))
     levels = [row["concurrency"] for row in result["summary"]]
-    for server in ("naive", "adajudge"):
+    for server in result["servers"]:
         stats = [row[server]["items_per_s"] for row in result["summary"]]
         median = [s["median"] for s in stats]
         errors = [[m - s["min"] for m, s in zip(median, stats)], [s["max"] - m for m, s in zip(median, stats)]]
@@ -322,7 +376,7 @@ def write_report(result: dict, output_dir: Path) -> None:
     axis.set(xscale="log", xlabel="concurrent clients (one item per request)", ylabel="items / s")
     axis.set_xticks(levels, [str(level) for level in levels])
     axis.legend()
-    axis.set_title(f"Closed-loop throughput, GRPO groups of {result['group_size']}", fontsize=10)
+    axis.set_title(f"Closed-loop throughput, {dtype}, GRPO groups of {result['group_size']}", fontsize=10)
     figure.tight_layout()
     figure.savefig(output_dir / "serving.png", dpi=120)
 
@@ -340,12 +394,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="adajudge serve --max-wait-ms")
     parser.add_argument("--bound-step", type=int, default=32, help="items per step of the offline bound (0: skip it)")
-    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--dtype", choices=("auto", *DTYPES), default="auto", help="weights dtype (auto: adajudge serve's choice here)"
+    )
+    parser.add_argument("--output-dir", type=Path, help="default: results/serving-<dtype>")
     parser.add_argument("--serve-naive", metavar="JUDGE", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    dtype = benchmark_dtype(args.dtype)
     if args.serve_naive:
-        return serve_naive(args.serve_naive, args.port)
+        return serve_naive(args.serve_naive, args.port, dtype)
+    output_dir = args.output_dir or RESULTS / f"serving-{dtype}"
 
     from transformers import AutoTokenizer
 
@@ -364,16 +423,22 @@ def main(argv: list[str] | None = None) -> dict:
     if args.bound_step:  # before the servers start, on an idle machine
         count = max(args.items, 2 * args.bound_step)
         bound = offline_bound(judge, items[: count - count % args.group_size], args.group_size, args.bound_step,
-                              args.repeats)  # fmt: skip
-    ports = {"naive": free_port(), "adajudge": free_port()}
+                              args.repeats, dtype)  # fmt: skip
+    names = ["naive", "adajudge"] + (["naive-fp32"] if dtype != "fp32" else [])
+    ports = {name: free_port() for name in names}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    naive = lambda name, dtype: [sys.executable, __file__, "--serve-naive", str(judge), "--port", str(ports[name]),  # noqa: E731
+                                 "--dtype", dtype]  # fmt: skip
     servers = {
-        "naive": [sys.executable, __file__, "--serve-naive", str(judge), "--port", str(ports["naive"])],
+        "naive": naive("naive", dtype),
         "adajudge": [sys.executable, "-m", "adajudge_hf.cli", "serve", str(judge), "--port", str(ports["adajudge"]),
-                     "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"],
+                     "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning",
+                     "--dtype", str(DTYPES[dtype]).removeprefix("torch.")],
     }  # fmt: skip
+    if "naive-fp32" in names:
+        servers["naive-fp32"] = naive("naive-fp32", "fp32")
     processes = {name: start(command, urls[name], workdir / f"{name}.log") for name, command in servers.items()}
-    runs, max_diff = [], 0.0
+    runs, max_diff, max_diff_fp32 = [], 0.0, 0.0
     try:
         for name in servers:  # warm-up: first requests pay for allocations
             asyncio.run(closed_loop(urls[name], items[: 2 * args.group_size], 4))
@@ -382,7 +447,8 @@ def main(argv: list[str] | None = None) -> dict:
                 count = max(args.items, 2 * concurrency)
                 count -= count % args.group_size
                 run_items = items[:count]
-                order = ["naive", "adajudge"] if (repeat + concurrency) % 2 == 0 else ["adajudge", "naive"]
+                shift = (repeat + concurrency) % len(servers)  # which server goes first rotates
+                order = [*servers][shift:] + [*servers][:shift]
                 rewards = {}
                 for name in order:
                     before = batch_counts(urls[name]) if name == "adajudge" else None
@@ -400,6 +466,9 @@ def main(argv: list[str] | None = None) -> dict:
                         flush=True,
                     )
                 max_diff = max(max_diff, max(abs(a - b) for a, b in zip(rewards["naive"], rewards["adajudge"])))
+                if "naive-fp32" in rewards:
+                    differences = [abs(a - b) for a, b in zip(rewards["naive-fp32"], rewards["adajudge"])]
+                    max_diff_fp32 = max(max_diff_fp32, *differences)
     finally:
         for process in processes.values():
             process.terminate()
@@ -407,23 +476,27 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "command": "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "setup": (
-            f"Backbone {args.backbone}, K={args.num_refinement_blocks}, fp32 on CPU ({os.cpu_count()} cores, "
+            f"Backbone {args.backbone}, K={args.num_refinement_blocks}, {dtype} on CPU ({os.cpu_count()} cores, "
             f"{torch.get_num_threads()} torch threads); client and both servers on one machine (loopback). "
             f"GRPO groups of {args.group_size}; prompts {min(prompt_lengths)}–{max(prompt_lengths)} tokens "
             f"(median {statistics.median(prompt_lengths):.0f}), items {min(lengths)}–{max(lengths)} tokens "
             f"(median {statistics.median(lengths):.0f}); {args.repeats} repetitions, servers alternating; "
             f"items per run max({args.items}, 2·C); adajudge serve --max-wait-ms {args.max_wait_ms}."
         ),
+        "dtype": dtype,
+        "hardware": hardware(),
         "group_size": args.group_size,
+        "servers": list(servers),
         "runs": runs,
-        "summary": summarize(runs, args.concurrency),
+        "summary": summarize(runs, args.concurrency, list(servers)),
         "max_reward_diff": max_diff,
+        "max_reward_diff_vs_fp32": max_diff_fp32 if "naive-fp32" in servers else None,
         "offline_bound": bound,
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "serving.json").write_text(json.dumps(result, indent=1))
-    write_report(result, args.output_dir)
-    print((args.output_dir / "serving.md").read_text())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "serving.json").write_text(json.dumps(result, indent=1))
+    write_report(result, output_dir)
+    print((output_dir / "serving.md").read_text())
     return result
 
 
