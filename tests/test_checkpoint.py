@@ -168,3 +168,42 @@ def test_atomic_folder_refuses_a_file_and_creates_parents(tmp_path):
     with atomic_folder(tmp_path / "a" / "b") as staging:
         (staging / "x.txt").write_text("done")
     assert (tmp_path / "a" / "b" / "x.txt").read_text() == "done"
+
+
+@pytest.mark.parametrize("first, then, lora", [("full", "adapter", True), ("adapter", "heads", False)])
+def test_saving_into_a_folder_with_other_files_keeps_them_and_replaces_the_judge(backbone_dir, tmp_path, first,
+                                                                                  then, lora):  # fmt: skip
+    """A Trainer output folder (checkpoints, logs) takes the judge's files; a new form leaves no file of the old."""
+    folder = tmp_path / "run"
+    (folder / "checkpoint-1").mkdir(parents=True)
+    (folder / "checkpoint-1" / "optimizer.pt").write_bytes(b"state")
+    (folder / "trainer_state.json").write_text("{}")
+    first_model = new_judge(backbone_dir, lora=True) if first == "adapter" else new_judge(backbone_dir)
+    save_judge(first_model, folder, form=first, keep_other_files=True)
+    model = new_judge(backbone_dir, lora=lora)
+    randomize_head(model.get_base_model() if lora else model, seed=5)
+    save_judge(model, folder, form=then, keep_other_files=True)
+    assert (folder / "checkpoint-1" / "optimizer.pt").read_bytes() == b"state" and (
+        folder / "trainer_state.json"
+    ).exists()
+    assert detect_judge_form(folder) == then and not list(tmp_path.glob(".run.*"))
+    torch.testing.assert_close(rewards(load_judge(folder)), rewards(model), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("form, lora", [("adapter", True), ("heads", False)])
+def test_load_judge_weights_restores_a_model_being_trained(backbone_dir, tmp_path, form, lora):
+    saved = new_judge(backbone_dir, lora=lora)
+    folder = save_judge(saved, tmp_path / "judge", form=form)
+    other = new_judge(backbone_dir, lora=lora)  # same backbone, other heads and adapters
+    judge = other.get_base_model() if lora else other
+    randomize_head(judge, seed=7)
+    if lora:
+        with torch.no_grad():
+            for name, parameter in other.named_parameters():
+                if "lora_B" in name:
+                    parameter.add_(1.0)
+    assert not torch.allclose(rewards(other), rewards(saved))
+    checkpoint.load_judge_weights(other, folder)
+    torch.testing.assert_close(rewards(other), rewards(saved), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="resume it with the same LoRA setting"):
+        checkpoint.load_judge_weights(new_judge(backbone_dir, lora=not lora), folder)

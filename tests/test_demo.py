@@ -63,3 +63,45 @@ def test_every_judge_trains_with_the_same_loss():
     for name, fields in JUDGES.items():
         assert "focal_gamma" not in fields, name  # the config default (gamma 2) for all
         assert fields.get("entropy_floor_coef", 0.1) == (0.1 if name == PACKAGED else 0.0), name
+
+
+@pytest.mark.slow
+def test_an_interrupted_demo_resumes_from_its_cached_features_and_push_accepts_its_reports(
+    tmp_path, capsys, monkeypatch, caplog
+):
+    """Ctrl-C during training keeps the features of every split; the rerun reuses them (a changed setting does not),
+    and the packaged judge's reports carry the fingerprint that `adajudge push --eval-dir` checks."""
+    import adajudge_hf.demo as demo
+    from adajudge_hf.evaluation.provenance import weight_file_hashes, weights_fingerprint
+    from adajudge_hf.hub.folders import check_evaluations_match, read_evaluations
+
+    output_dir = tmp_path / "demo"
+    argv = ["demo", "--backbone", "tiny", "--train-pairs", "16", "--eval-pairs", "8", "--epochs", "1"]
+    argv += ["--output-dir", str(output_dir)]
+    train_heads = demo.train_heads
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "train_heads", interrupted)
+    assert cli_main(argv) == 130
+    cached = sorted(path.name.split("-")[0] for path in (output_dir / "features").glob("*.safetensors"))
+    assert cached == ["held", "train"]  # both splits finished before the interruption
+    capsys.readouterr()
+
+    monkeypatch.setattr(demo, "train_heads", train_heads)
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "features of train: reused" in printed and "features of held-out-pairs: reused" in printed
+
+    judge_dir = output_dir / "judge"
+    report = json.loads((output_dir / "eval" / "adajudge" / "pairs" / "metrics.json").read_text())
+    assert report["judge"]["fingerprint"] == weights_fingerprint(weight_file_hashes(judge_dir))
+    evaluations = read_evaluations(output_dir / "eval" / "adajudge")
+    with caplog.at_level("WARNING"):
+        check_evaluations_match(evaluations, judge_dir, weight_file_hashes(judge_dir))
+    assert not caplog.records  # no "does not record which weights it scored"
+
+    assert cli_main([*argv, "--max-length", "64"]) == 0  # another setting: computed afresh, the cache replaced
+    assert "reused" not in capsys.readouterr().out
+    assert len(list((output_dir / "features").glob("train-*.safetensors"))) == 1

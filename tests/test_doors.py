@@ -2,6 +2,7 @@
 TRL's string arguments, `load_judge` and `adajudge evaluate`, by folder and by Hub repo id, with the rewards the judge
 had when saved; broken files end in one clear error that names the file."""
 
+import copy
 import json
 import shutil
 import subprocess
@@ -14,17 +15,19 @@ from conftest import randomize_head, with_random_lora
 from datasets import Dataset
 from hub_stand_in import HubStandIn
 from huggingface_hub import HfApi, snapshot_download
+from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file, save_file
 from test_hub import BACKBONE_REPO, go_offline, hub  # noqa: F401  (`hub` is a fixture)
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback, pipeline
 from trl import GRPOConfig, GRPOTrainer, RewardConfig, RewardTrainer
 
 from adajudge_hf import AdaJudgeConfig, AdaJudgeForRewardModeling
-from adajudge_hf.checkpoint import load_judge, save_judge
+from adajudge_hf.checkpoint import detect_judge_form, load_judge, save_judge
 from adajudge_hf.evaluation import evaluate_model
 from adajudge_hf.evaluation.cli import main as evaluate_main
 from adajudge_hf.hub import push_judge
 from adajudge_hf.testing import save_tiny_causal_lm
+from adajudge_hf.trainer import AdaJudgeRewardConfig, AdaJudgeRewardTrainer
 
 
 FORMS = ("full", "adapter", "heads")
@@ -377,3 +380,183 @@ def test_tokenizer_loads_without_the_package_and_without_a_prompt(judges, tmp_pa
     assert done.returncode == 0, done.stderr
     assert "trust_remote_code" not in done.stdout + done.stderr and "custom code" not in done.stdout + done.stderr
     assert done.stdout.split()[-1] == str(len(AutoTokenizer.from_pretrained(folder)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every folder training leaves: each checkpoint-N/ and the saved judge, with the trainer's rewards at that step
+# ---------------------------------------------------------------------------------------------------------------------
+
+RUNS = {  # name: (AdaJudgeRewardConfig fields, LoRA); two checkpoints each
+    "lora": (dict(save_form="full"), True),  # checkpoints adapter + heads, the saved judge merged
+    "lora, model only": (dict(save_only_model=True), True),
+    "full fine-tune": (dict(), False),
+    "frozen backbone, model only": (dict(freeze_backbone=True, save_only_model=True), False),
+}
+TRL_DOORS = (*DOORS, "TRL reward model", "adajudge serve")
+
+
+class RewardsAtEachSave(TrainerCallback):
+    """A copy of the trainer's model at every save (the judge at that step) and its rewards on `CHATS`."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.models, self.rewards = tokenizer, {}, {}
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        snapshot = copy.deepcopy(model).eval()
+        self.models[state.global_step], self.rewards[state.global_step] = snapshot, rewards(snapshot, self.tokenizer)
+
+
+def train_run(backbone: Path, output_dir: Path, fields: dict, lora: bool, resume: Path | None = None):
+    args = AdaJudgeRewardConfig(
+        str(output_dir),
+        per_device_train_batch_size=2,
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+        learning_rate=5e-2,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        activation_checkpointing=False,
+        model_init_kwargs={"num_refinement_blocks": 1, "head_hidden_size": 8},
+        **fields,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    pairs = Dataset.from_list(
+        [
+            {"prompt": chat[:1], "chosen": chat[1:], "rejected": [{"role": "assistant", "content": f"no {i}"}]}
+            for i, chat in enumerate(CHATS * 4)
+        ]
+    )
+    saves = RewardsAtEachSave(tokenizer)
+    trainer = AdaJudgeRewardTrainer(
+        str(backbone),
+        args,
+        train_dataset=pairs,
+        peft_config=LoraConfig(r=4, lora_alpha=8) if lora else None,
+        callbacks=[saves],
+    )
+    trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    return trainer, saves
+
+
+@pytest.fixture(scope="module")
+def training_runs(tmp_path_factory) -> dict:
+    """{run: (output folder, the trainer, the judge at each save)}, each run saving checkpoint-1 and checkpoint-2."""
+    root = tmp_path_factory.mktemp("runs")
+    backbone = save_tiny_causal_lm(root / "backbone")
+    return {
+        name: (root / str(i), *train_run(backbone, root / str(i), fields, lora))
+        for i, (name, (fields, lora)) in enumerate(RUNS.items())
+    }
+
+
+def open_door(door: str, folder: Path):
+    if door == "TRL reward model":  # the loading call of TRL's string arguments (GRPOTrainer, RewardTrainer)
+        return AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1)
+    if door == "adajudge serve":
+        from adajudge_hf.serve import load_for_serving
+
+        return load_for_serving(str(folder), device="cpu").model
+    return open_by(door, str(folder))
+
+
+def assert_opens_as(folder: Path, expected: torch.Tensor, doors=TRL_DOORS) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    for door in doors:
+        model = open_door(door, folder)
+        assert isinstance(model, AdaJudgeForRewardModeling), (door, type(model).__name__)
+        torch.testing.assert_close(rewards(model, tokenizer), expected, rtol=0, atol=1e-5, msg=f"{folder}, {door}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", RUNS)
+def test_every_checkpoint_opens_through_every_door_as_the_judge_at_that_step(training_runs, run):
+    output_dir, trainer, saves = training_runs[run]
+    assert sorted(saves.rewards) == [1, 2]
+    assert not torch.allclose(saves.rewards[1], saves.rewards[2], atol=1e-3)  # the steps differ: no mix-up passes
+    for step, expected in saves.rewards.items():
+        assert_opens_as(output_dir / f"checkpoint-{step}", expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", RUNS)
+def test_the_saved_judge_and_the_evaluate_cli_give_the_trainers_rewards(training_runs, run, tmp_path):
+    """`save_model` into the output folder keeps the checkpoints; `adajudge evaluate` on a checkpoint scores like the
+    trainer's model at that step."""
+    output_dir, trainer, saves = training_runs[run]
+    trainer.save_model()
+    assert_opens_as(output_dir, saves.rewards[2])
+    assert {path.name for path in output_dir.glob("checkpoint-*")} == {"checkpoint-1", "checkpoint-2"}
+    expected_form = {"lora": "full", "lora, model only": "adapter"}.get(run)
+    if expected_form is not None:
+        assert detect_judge_form(output_dir) == expected_form
+
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    judge = saves.models[1]
+    judge = judge.merge_and_unload() if isinstance(judge, PeftModel) else judge
+    tokenizer = AutoTokenizer.from_pretrained(output_dir / "checkpoint-1")
+    evaluate_model(judge, tokenizer, "pairs", data, tmp_path / "expected", show_progress=False)
+    args = ["--benchmark", "pairs", "--data", str(data), "--output-dir", str(tmp_path / "cli")]
+    assert evaluate_main(["--model", str(output_dir / "checkpoint-1"), *args]) == 0
+    for want, got in zip(*(map(json.loads, (tmp_path / d / "rewards.jsonl").read_text().splitlines())
+                           for d in ("expected", "cli"))):  # fmt: skip
+        assert got["score_chosen"] == pytest.approx(want["score_chosen"], abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["lora", "full fine-tune"])
+def test_a_resumed_run_saves_the_same_judge_as_the_straight_run(training_runs, run, tmp_path):
+    output_dir, _, saves = training_runs[run]
+    fields, lora = RUNS[run]
+    backbone = output_dir.parent / "backbone"
+    _, resumed = train_run(backbone, tmp_path / "resumed", fields, lora, resume=output_dir / "checkpoint-1")
+    assert sorted(resumed.rewards) == [2]
+    torch.testing.assert_close(resumed.rewards[2], saves.rewards[2], rtol=0, atol=1e-5)
+    assert_opens_as(tmp_path / "resumed" / "checkpoint-2", saves.rewards[2])
+
+
+@pytest.mark.slow
+def test_grpo_takes_a_lora_checkpoint_as_the_judge_at_that_step(training_runs, tmp_path):
+    output_dir, _, saves = training_runs["lora"]
+    checkpoint = output_dir / "checkpoint-1"
+    policy = save_tiny_causal_lm(tmp_path / "policy", seed=1)
+    grpo = GRPOTrainer(
+        model=str(policy),
+        reward_funcs=str(checkpoint),
+        args=GRPOConfig(
+            output_dir=str(tmp_path / "grpo"),
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            save_strategy="no",
+            per_device_train_batch_size=2,
+            num_generations=2,
+            max_completion_length=4,
+        ),  # fmt: skip
+        train_dataset=Dataset.from_dict({"prompt": [[{"role": "user", "content": "Hi?"}]] * 2}),
+    )
+    reward_model, reward_tokenizer = grpo.reward_funcs[0], grpo.reward_processing_classes[0]
+    assert isinstance(reward_model, AdaJudgeForRewardModeling)
+    torch.testing.assert_close(rewards(reward_model, reward_tokenizer), saves.rewards[1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_pushes_without_its_trainer_state_and_loads_by_repo_id(training_runs, hub, monkeypatch):  # noqa: F811
+    output_dir, _, saves = training_runs["lora"]
+    checkpoint = output_dir / "checkpoint-1"
+    assert (checkpoint / "optimizer.pt").is_file()  # Trainer's resume state sits beside the judge
+    api = HfApi(token=hub.token)
+    api.create_repo(BACKBONE_REPO)
+    api.upload_folder(folder_path=output_dir.parent / "backbone", repo_id=BACKBONE_REPO)
+    push_judge(checkpoint, "org/judge-step-1", token=hub.token, base_model=BACKBONE_REPO)
+    uploaded = set(hub.files("org/judge-step-1"))
+    assert not uploaded & {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin"}
+    snapshot_download("org/judge-step-1")
+    snapshot_download(BACKBONE_REPO)
+    go_offline(hub, monkeypatch)
+    for door in ("AutoModelForSequenceClassification", "load_judge"):
+        opened = open_by(door, "org/judge-step-1")
+        tokenizer = AutoTokenizer.from_pretrained("org/judge-step-1")
+        torch.testing.assert_close(rewards(opened, tokenizer), saves.rewards[1], rtol=0, atol=1e-5, msg=door)

@@ -451,6 +451,36 @@ def test_push_refuses_a_backbone_recorded_as_a_local_folder(hub, tmp_path, backb
     assert hub.requests == []
 
 
+@pytest.mark.parametrize("form", ["adapter", "heads"])
+def test_push_cli_names_the_hub_backbone_of_a_judge_trained_on_a_local_copy(
+    hub, tmp_path, backbone_dir, form, monkeypatch, capsys
+):
+    """`adajudge push --base-model`: the local backbone the judge was trained on is replaced by its Hub id in the
+    pushed config.json, so the judge loads by repo id; without the flag the one-line refusal names the flag."""
+    model = trained_judge(backbone_dir, form)
+    tokenizer = AutoTokenizer.from_pretrained(backbone_dir)
+    expected = rewards(model, tokenizer)
+    checkpoint = save_judge(model, tmp_path / "judge", form=form, tokenizer=tokenizer)  # records the local folder
+    capsys.readouterr()
+    assert main([str(checkpoint), "org/judge", "--token", hub.token]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--base-model <org>/<backbone>" in err and "save_judge(" not in err
+    assert main([str(checkpoint), "org/judge", "--token", hub.token, "--base-model", str(backbone_dir)]) == 2
+    assert "--base-model must be the Hub repo id" in capsys.readouterr().err
+    assert hub.requests == []
+
+    assert main([str(checkpoint), "org/judge", "--token", hub.token, "--base-model", BACKBONE_REPO]) == 0
+    assert json.loads(hub.files("org/judge")["config.json"])["base_model_name_or_path"] == BACKBONE_REPO
+    assert ModelCard(hub.files("org/judge")["README.md"].decode()).data.base_model == BACKBONE_REPO
+    api = HfApi(token=hub.token)
+    api.create_repo(BACKBONE_REPO)
+    api.upload_folder(folder_path=backbone_dir, repo_id=BACKBONE_REPO)
+    snapshot_download("org/judge")
+    snapshot_download(BACKBONE_REPO)
+    go_offline(hub, monkeypatch)
+    torch.testing.assert_close(rewards(load_judge("org/judge"), tokenizer), expected)
+
+
 def test_card_checks_reject_a_broken_model_index(hub):
     broken = "---\nlicense: mit\nmodel-index:\n- name: x\n  results:\n  - task: {type: text-classification}\n---\n"
     with pytest.raises(ValueError, match="metadata does not parse"):

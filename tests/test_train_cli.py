@@ -20,6 +20,9 @@ CPU = ["--use_cpu", "--bf16", "false", "--report_to", "none", "--disable_tqdm", 
 TINY_JUDGE = ["--num_refinement_blocks", "1", "--head_hidden_size", "8", "--activation_checkpointing", "false"]
 
 
+DEBUG_HINT = " (--debug shows the traceback)"
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -113,8 +116,8 @@ def user_error(argv: list[str], capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err and "warnings.warn" not in err and "FutureWarning" not in err, err
     lines = [line for line in err.splitlines() if line.startswith("adajudge train: error: ")]
-    assert len(lines) == 1, err
-    return lines[0].removeprefix("adajudge train: error: ")
+    assert len(lines) == 1 and lines[0].endswith(DEBUG_HINT), err
+    return lines[0].removeprefix("adajudge train: error: ").removesuffix(DEBUG_HINT)
 
 
 def test_bad_data_arguments_are_explained(backbone, tmp_path, capsys):
@@ -193,3 +196,121 @@ def test_the_dataset_summary_with_prompt_lengths_is_shown(backbone, tmp_path, ca
     err = capsys.readouterr().err
     assert "train dataset: kept 4 of 4 pairs" in err and "min 0, mean 0.0, max 0; 4 with no prompt" in err
     assert "EVERY pair of the train dataset has an empty prompt although it has a `prompt` column" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every flag checked before the first step; interrupted runs keep their checkpoints; one error handler for the CLI
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--use_peft", "--save_form", "heads"], "--save_form heads saves the heads alone and would drop the trained "
+         "LoRA adapters. Use --save_form adapter (adapters + heads) or --save_form full (merged)."),
+        (["--save_form", "adapter"], "--save_form adapter saves LoRA adapters with the heads, but this run trains no "
+         "LoRA adapters. Add --use_peft, or save with --save_form full."),
+        (["--save_form", "heads"], "--save_form heads saves the heads alone, but the backbone is trained too. Add "
+         "--freeze_backbone to train the heads only, or use --save_form full."),
+        (["--freeze_backbone", "--use_peft"], "--freeze_backbone trains the heads only, but --use_peft adds LoRA "
+         "adapters to the backbone. Drop --use_peft to train heads on a frozen backbone, or drop --freeze_backbone "
+         "for LoRA."),
+    ],
+)  # fmt: skip
+def test_flag_combinations_are_refused_before_anything_is_trained_or_written(backbone, tmp_path, capsys, flags,
+                                                                             expected):  # fmt: skip
+    data = write_jsonl(tmp_path / "prefs.jsonl", preference_rows(8))
+    out = tmp_path / "out"
+    argv = ["train", "--model_name_or_path", str(backbone), "--dataset_name", str(data), "--output_dir", str(out)]
+    argv += ["--max_steps", "2", "--per_device_train_batch_size", "2", "--save_steps", "1", *CPU[:-2], *TINY_JUDGE]
+    assert user_error([*argv, *flags], capsys) == expected
+    assert not out.exists()  # refused before the first step: no checkpoint, no run folder
+
+
+@pytest.mark.parametrize("missing", ["{tmp}/no-such-backbone", "./no-such-backbone", "outputs/run-1/backbone"])
+def test_a_missing_local_model_folder_is_named(tmp_path, capsys, missing):
+    data = write_jsonl(tmp_path / "prefs.jsonl", preference_rows(2))
+    folder = missing.format(tmp=tmp_path)
+    argv = ["train", "--model_name_or_path", folder, "--dataset_name", str(data), "--output_dir", str(tmp_path), *CPU]
+    message = user_error(argv, capsys)
+    assert message.startswith(f"{folder} does not exist: there is no such local folder."), message
+    assert "Repo id must be" not in message
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_keeps_its_checkpoints_and_says_how_to_resume(backbone, tmp_path, capsys, monkeypatch):
+    from adajudge_hf.trainer import AdaJudgeRewardTrainer
+
+    data = write_jsonl(tmp_path / "prefs.jsonl", preference_rows(8))
+    out = tmp_path / "out"
+    argv = ["train", "--model_name_or_path", str(backbone), "--dataset_name", str(data), "--output_dir", str(out)]
+    argv += ["--max_steps", "3", "--per_device_train_batch_size", "2", "--save_steps", "1", "--use_peft"]
+    argv += [*CPU[:-2], *TINY_JUDGE, "--lora_r", "4"]
+    training_step = AdaJudgeRewardTrainer.training_step
+
+    def interrupted_at_step_2(self, *args, **kwargs):  # Ctrl-C during the second step
+        if self.state.global_step == 1:
+            raise KeyboardInterrupt
+        return training_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(AdaJudgeRewardTrainer, "training_step", interrupted_at_step_2)
+    capsys.readouterr()
+    assert adajudge(argv) == 130
+    checkpoint = out / "checkpoint-1"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"adajudge train: interrupted before the judge was saved; resume from {checkpoint} with "
+        f"--resume_from_checkpoint {checkpoint}."
+    )
+    assert detect_judge_form(checkpoint) == "adapter" and not (out / "judge").exists()
+    load_judge(checkpoint)  # what is finished opens as a judge
+    monkeypatch.setattr(AdaJudgeRewardTrainer, "training_step", training_step)
+    assert adajudge([*argv, "--resume_from_checkpoint", str(checkpoint)]) == 0
+    assert detect_judge_form(out / "judge") == "adapter" and (out / "checkpoint-3").is_dir()
+
+
+def bad_input_of_every_command(tmp_path: Path) -> dict[str, list[str]]:
+    missing = str(tmp_path / "no-such-judge")
+    return {
+        "train": ["train", "--model_name_or_path", missing, "--output_dir", str(tmp_path / "out"), *CPU],
+        "evaluate": ["evaluate", "--model", missing, "--benchmark", "pairs", "--data", "x.jsonl", "--output-dir", "o"],
+        "push": ["push", missing, "org/judge", "--token", "hf_x"],
+        "serve": ["serve", missing],
+        "demo": ["demo", "--validation_fraction", "0"],
+    }
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "push", "serve", "demo"])
+def test_every_command_has_one_error_handler_and_debug_shows_the_traceback(tmp_path, capsys, command):
+    argv = bad_input_of_every_command(tmp_path)[command]
+    capsys.readouterr()
+    assert adajudge(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"adajudge {command}: error: ") and err[0].endswith(DEBUG_HINT), err
+    with pytest.raises((ValueError, OSError)):
+        adajudge([*argv, "--debug"])
+    with pytest.raises((ValueError, OSError)):
+        adajudge(["--debug", *argv])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"]])
+def test_help_piped_into_a_reader_that_stops_early_ends_quietly(argv):
+    """`adajudge --help | head`: the reader goes away; no BrokenPipeError traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adajudge_hf.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    process.stdout.close()  # before the command writes anything (it is still importing)
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) in (0, 141)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_evaluate_help_explains_benchmark_and_the_columns_of_local_files(capsys):
+    with pytest.raises(SystemExit):
+        adajudge(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--benchmark {rm-bench,judgebench,reward-bench-2,reward-bench,pairs} what to score" in text
+    assert (
+        "reward-bench-2 id, subset, prompt, chosen (list of correct completions), rejected (list), num_correct" in text
+    )
+    assert "reward-bench id, subset, prompt, chosen, rejected" in text

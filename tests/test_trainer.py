@@ -3,6 +3,7 @@ non-finite guards, resume, model loading and bad input."""
 
 import logging
 import random
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -78,6 +79,14 @@ def make_args(output_dir, **kwargs) -> AdaJudgeRewardConfig:
 
 def new_judge(tokenizer, seed: int = 0, **config_kwargs) -> AdaJudgeForRewardModeling:
     return make_tiny_judge(tokenizer, seed, **config_kwargs).train()
+
+
+def judge_on_backbone(folder: Path, seed: int = 0) -> AdaJudgeForRewardModeling:
+    """A tiny judge around a saved backbone: its adapter and heads forms (LoRA and frozen-backbone checkpoints) name
+    that folder."""
+    backbone = folder if (folder / "config.json").exists() else save_tiny_causal_lm(folder)
+    torch.manual_seed(seed)
+    return AdaJudgeForRewardModeling.from_backbone(backbone, num_refinement_blocks=1, head_hidden_size=8)
 
 
 def head_state(model) -> dict[str, torch.Tensor]:
@@ -181,7 +190,7 @@ def test_load_best_model_at_end_restores_the_best_adapter_and_heads(tiny_tokeniz
         greater_is_better=False,
     )
     trainer = AdaJudgeRewardTrainer(
-        new_judge(tiny_tokenizer),
+        judge_on_backbone(tmp_path / "backbone"),
         args,
         train_dataset=synthetic_pairs(12),
         eval_dataset=synthetic_pairs(4, seed=1),
@@ -190,11 +199,13 @@ def test_load_best_model_at_end_restores_the_best_adapter_and_heads(tiny_tokeniz
     )
     trainer.train()
     assert Path(trainer.state.best_model_checkpoint).name == "checkpoint-1"
-    current = get_peft_model_state_dict(trainer.model)
+    current, heads = get_peft_model_state_dict(trainer.model), head_state(trainer.model)
     best, last = (load_file(tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors") for step in (1, 2))
-    assert current.keys() == best.keys() and any(key.startswith("base_model.model.judge_head.") for key in best)
+    assert best.keys() <= current.keys() and all("lora_" in key for key in best)
     assert all(torch.equal(current[key], best[key]) for key in best)
     assert not all(torch.equal(current[key], last[key]) for key in last)
+    best_heads = load_file(tmp_path / "checkpoint-1" / "judge_head.safetensors")
+    assert all(torch.equal(heads[key], best_heads[key]) for key in best_heads)
 
 
 def test_tiny_judge_learns_a_synthetic_preference_and_the_entropy_floor_holds(tiny_tokenizer, tmp_path):
@@ -356,15 +367,16 @@ def test_resume_from_checkpoint_reaches_the_same_final_weights(tiny_tokenizer, t
     args = make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, head_learning_rate=3e-3)
     peft_config = LoraConfig(r=4) if lora else None
     straight = AdaJudgeRewardTrainer(
-        new_judge(tiny_tokenizer),
+        judge_on_backbone(tmp_path / "backbone") if lora else new_judge(tiny_tokenizer),
         args,
         train_dataset=dataset,
         peft_config=peft_config,
         processing_class=tiny_tokenizer,
     )
     straight.train()
-    # A full checkpoint restores every weight, so start from other random weights; LoRA needs the same backbone.
-    fresh = new_judge(tiny_tokenizer, seed=0 if lora else 1)
+    # A full checkpoint restores every weight, so start from other random weights; LoRA needs the same backbone (its
+    # checkpoints hold the adapters and heads), so start from other random heads.
+    fresh = judge_on_backbone(tmp_path / "backbone", seed=1) if lora else new_judge(tiny_tokenizer, seed=1)
     resumed = AdaJudgeRewardTrainer(
         fresh, args, train_dataset=dataset, peft_config=peft_config, processing_class=tiny_tokenizer
     )
@@ -372,9 +384,48 @@ def test_resume_from_checkpoint_reaches_the_same_final_weights(tiny_tokenizer, t
 
     final, again = straight.model.state_dict(), resumed.model.state_dict()
     assert final.keys() == again.keys()
-    for name in final:
+    for name in [name for name in final if ".original_module." not in name]:  # PEFT's untrained copy of the heads
         torch.testing.assert_close(again[name], final[name], rtol=0, atol=1e-6, msg=name)
     assert straight.state.log_history[-2]["loss"] == pytest.approx(resumed.state.log_history[-2]["loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, lora, match",
+    [
+        (dict(save_form="heads"), True, "`save_form='heads'` saves the heads alone and would drop the trained LoRA"),
+        (dict(save_form="adapter"), False, "`save_form='adapter'` saves LoRA adapters with the heads, but this run"),
+        (dict(save_form="heads"), False, "`save_form='heads'` saves the heads alone, but the backbone is trained too"),
+    ],
+)
+def test_a_save_form_that_cannot_hold_the_training_is_refused_before_the_first_step(tiny_tokenizer, tmp_path, kwargs,
+                                                                                   lora, match):  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape(match)):
+        AdaJudgeRewardTrainer(
+            judge_on_backbone(tmp_path / "backbone"),
+            make_args(tmp_path / "out", **kwargs),
+            train_dataset=synthetic_pairs(4),
+            processing_class=tiny_tokenizer,
+            peft_config=LoraConfig(r=4) if lora else None,
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoints_that_would_not_know_their_backbone_are_refused_before_the_first_step(tiny_tokenizer, tmp_path):
+    """A LoRA checkpoint holds adapters + heads and names the backbone: a judge built from a config has none."""
+    args = make_args(tmp_path / "out", save_strategy="steps", save_steps=1)
+    with pytest.raises(ValueError, match=r"built from a config, so the backbone that the adapter form of its "
+                                         r"checkpoints must name is unknown\. Set `model.config.base_model_name_or_path`"):  # fmt: skip
+        AdaJudgeRewardTrainer(
+            new_judge(tiny_tokenizer), args, train_dataset=synthetic_pairs(4), processing_class=tiny_tokenizer,
+            peft_config=LoraConfig(r=4),
+        )  # fmt: skip
+    # A frozen backbone without a known folder is saved whole: checkpoints stay complete judges.
+    trainer = AdaJudgeRewardTrainer(
+        new_judge(tiny_tokenizer), make_args(tmp_path / "frozen", save_strategy="steps", save_steps=1,
+                                             freeze_backbone=True),
+        train_dataset=synthetic_pairs(4), processing_class=tiny_tokenizer,
+    )  # fmt: skip
+    assert (trainer.checkpoint_form, trainer.judge_save_form) == ("full", "full")
 
 
 def test_model_given_by_name_is_built_or_loaded(tiny_tokenizer, tmp_path):

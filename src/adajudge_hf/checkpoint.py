@@ -27,7 +27,9 @@ the adapter form's `adapter_config.json` at the judge repo itself: transformers 
 `base_model_name_or_path` of that file, which must be the judge, not the bare backbone.
 
 Every folder is written to a temporary sibling and renamed into place, so a crash leaves the previous folder (or
-none), never a half-written one.
+none), never a half-written one. A folder that holds other files (a Trainer output folder or `checkpoint-N/`, with
+optimizer states, logs and other checkpoints) keeps them: only the judge's files are replaced, each by a rename.
+`load_judge_weights` reads the adapter and heads forms back into a model being trained (Trainer's resume).
 """
 
 import copy
@@ -42,12 +44,12 @@ from pathlib import Path
 import torch
 from huggingface_hub import snapshot_download
 from peft import PeftModel
-from peft.utils import ModulesToSaveWrapper, get_peft_model_state_dict
-from safetensors.torch import save_file
+from peft.utils import ModulesToSaveWrapper, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
 from .lora import HEAD_MODULE, merge_loaded_adapters
-from .modeling import AdaJudgeConfig, AdaJudgeForRewardModeling
+from .modeling import REMOTE_CODE_FILES, AdaJudgeConfig, AdaJudgeForRewardModeling
 from .modeling.loading_adajudge import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
@@ -58,6 +60,9 @@ from .modeling.loading_adajudge import (
 
 
 SAVE_FORMS = ("adapter", "heads", "full")
+JUDGE_FILE_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json", ADAPTER_CONFIG_FILE,
+                       ADAPTER_WEIGHTS_FILE, HEADS_FILE, *REMOTE_CODE_FILES)  # fmt: skip
+"""The files that make up a judge in some save form: replaced together, and removed when another form replaces it."""
 
 
 def _fsync(path: Path) -> None:
@@ -101,6 +106,30 @@ def atomic_folder(output_dir: str | os.PathLike, overwrite: bool = False) -> Ite
         raise
 
 
+@contextmanager
+def _judge_files_in(output_dir: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder whose files then replace the judge's files in `output_dir`, one rename each;
+    other files of `output_dir` (optimizer states, logs, other checkpoints) stay. On error nothing is replaced."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        yield staging
+        written = sorted(path for path in staging.iterdir() if path.is_file())
+        for file in written:
+            _fsync(file)
+        for file in written:
+            os.replace(file, output_dir / file.name)
+        names = {file.name for file in written}
+        for pattern in JUDGE_FILE_PATTERNS:  # files of the form this save replaces
+            for stale in output_dir.glob(pattern):
+                if stale.name not in names and stale.is_file():
+                    stale.unlink()
+        _fsync(output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _unwrap(model: AdaJudgeForRewardModeling | PeftModel) -> tuple[AdaJudgeForRewardModeling, torch.nn.Module]:
     """(the judge inside any PEFT wrapper, its trained heads module)."""
     judge = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -127,7 +156,7 @@ def _save_config(judge: AdaJudgeForRewardModeling, folder: Path, base_model_name
     (folder / "config.json").write_text(json.dumps(text, indent=2, sort_keys=True) + "\n")
 
 
-def _base_model_name_or_path(judge: AdaJudgeForRewardModeling, explicit: str | None) -> str | None:
+def judge_backbone(judge: AdaJudgeForRewardModeling, explicit: str | None = None) -> str | None:
     """The backbone the judge was built on: `explicit`, else recorded in its config, else where it was loaded from."""
     base = explicit or getattr(judge.config, "base_model_name_or_path", None) or judge.config.name_or_path
     if not base:
@@ -142,12 +171,15 @@ def save_judge(
     tokenizer: PreTrainedTokenizerBase | None = None,
     base_model_name_or_path: str | None = None,
     overwrite: bool = False,
+    keep_other_files: bool = False,
 ) -> Path:
     """Save `model` as `form` (see the module docstring) into `output_dir`, atomically; returns the folder.
 
     `"adapter"` needs a `PeftModel` (LoRA); `"heads"` a judge whose backbone was not trained (it is re-read from
     `base_model_name_or_path` on load); `"full"` merges any LoRA into a copy and saves a standalone checkpoint.
-    `base_model_name_or_path` defaults to the backbone the judge was loaded from. Call on the main process only.
+    `base_model_name_or_path` defaults to the backbone the judge was loaded from. `keep_other_files=True` writes into
+    a folder that holds other files (a Trainer output folder): the judge's files are replaced, the others kept.
+    Call on the main process only.
     """
     if form not in SAVE_FORMS:
         raise ValueError(f"`form` must be one of {SAVE_FORMS}, got {form!r}.")
@@ -164,7 +196,7 @@ def save_judge(
             "or form='full' (merged)."
         )
 
-    base = _base_model_name_or_path(judge, base_model_name_or_path)
+    base = judge_backbone(judge, base_model_name_or_path)
     if base is None and form != "full":
         raise ValueError(
             "The backbone this judge was built on is unknown (the model was not loaded with `from_backbone` / "
@@ -172,7 +204,8 @@ def save_judge(
             "Hub id or folder of the backbone), or save with `form='full'`."
         )
 
-    with atomic_folder(output_dir, overwrite=overwrite) as staging:
+    target = _judge_files_in(Path(output_dir)) if keep_other_files else atomic_folder(output_dir, overwrite=overwrite)
+    with target as staging:
         if form == "full":
             merged = copy.deepcopy(model).merge_and_unload() if is_peft else judge
             if base is not None:  # for model cards; the folder itself needs no backbone
@@ -197,6 +230,38 @@ def save_judge(
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
     return Path(output_dir)
+
+
+def load_judge_weights(model: AdaJudgeForRewardModeling | PeftModel, folder: str | os.PathLike) -> None:
+    """Copy the weights of a judge folder in the adapter or heads form into `model` (a judge being trained, or its
+    `PeftModel`), in place: the heads, and for the adapter form the LoRA weights of the active adapter. The backbone
+    is not touched; it is the one the folder names. Resuming training relies on it."""
+    folder = Path(folder)
+    form = detect_judge_form(folder)
+    if form == "full":
+        raise ValueError(f"{folder} is a full judge; load it with `model.load_state_dict` or `load_judge`.")
+    is_peft = isinstance(model, PeftModel)
+    if (form == "adapter") != is_peft:
+        holds = "LoRA adapters" if form == "adapter" else "no LoRA adapters"
+        raise ValueError(
+            f"{folder} holds {holds} (the {form} form), but the model {'has' if is_peft else 'has none'}: resume it "
+            "with the same LoRA setting it was trained with."
+        )
+    judge, head = _unwrap(model)
+    heads = load_file(folder / HEADS_FILE)
+    if not isinstance(judge.judge_head, ModulesToSaveWrapper):
+        head.load_state_dict(heads)
+    if form == "adapter":
+        state = load_file(folder / ADAPTER_WEIGHTS_FILE)
+        if isinstance(judge.judge_head, ModulesToSaveWrapper):  # PEFT loads the trained copy of the heads
+            prefix = next(name for name, module in model.named_modules() if module is judge.judge_head)
+            state.update({f"{prefix}.{name}": tensor for name, tensor in heads.items()})
+        result = set_peft_model_state_dict(model, state, adapter_name=model.active_adapter)
+        if result.unexpected_keys:
+            raise ValueError(
+                f"{folder / ADAPTER_WEIGHTS_FILE} does not fit this model's LoRA adapters: unexpected "
+                f"{sorted(result.unexpected_keys)[:5]}. Resume with the LoRA configuration it was trained with."
+            )
 
 
 def adapter_config_for_repo(folder: str | os.PathLike, repo_id: str) -> bytes:
@@ -264,6 +329,8 @@ __all__ = [
     "adapter_config_for_repo",
     "atomic_folder",
     "detect_judge_form",
+    "judge_backbone",
     "load_judge",
+    "load_judge_weights",
     "save_judge",
 ]

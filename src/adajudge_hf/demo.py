@@ -10,11 +10,16 @@ heatmap, and leaves a Hub-ready checkpoint folder with its model card: the artef
 `adajudge push`.
 
 The backbone is frozen, so its states are computed once per (prompt; chosen; rejected) row and every judge trains on
-them (`adajudge_hf.features`). To fine-tune the backbone (LoRA or full), use `adajudge train`.
+them (`adajudge_hf.features`). They are kept per split in `<output_dir>/features/`, keyed by the backbone's files, the
+texts, `max_length` and the dtype, so an interrupted demo resumes after the last finished split and a changed setting
+computes afresh. The packaged judge's evaluations record its fingerprint, which `adajudge push --eval-dir` checks. To
+fine-tune the backbone (LoRA or full), use `adajudge train`.
 """
 
+import hashlib
 import json
 import logging
+import os
 import resource
 import shlex
 import sys
@@ -24,14 +29,17 @@ from pathlib import Path
 
 import datasets
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, HfArgumentParser
 
 from .backbones import DEFAULT_BACKBONE, resolve_backbone
 from .checkpoint import save_judge
+from .cli import handle_errors
 from .comparison import hierarchical_bootstrap
 from .embedded_data import load_embedded_preferences
 from .evaluation.benchmarks import limit_per_group, load_benchmark
 from .evaluation.data import load_preference_pairs
+from .evaluation.provenance import judge_identity
 from .evaluation.report import as_chat, benchmark_examples, format_summary, report_scores
 from .evaluation.scoring import ScoringOutput, depth_candidate_names
 from .features import PackedFeatures, extract_features, score_features, train_heads
@@ -148,6 +156,46 @@ def scoring_output(model: AdaJudgeForRewardModeling, scored: dict) -> ScoringOut
     )
 
 
+def features_key(backbone: Path, groups: list, max_length: int | None, dtype: str) -> str:
+    """What the backbone states of `groups` depend on: the backbone's files (name, size, modification time), the
+    texts, `max_length` and the dtype. A change to any of them gives another key."""
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(backbone).iterdir() if p.is_file())
+    payload = {"backbone": str(Path(backbone).resolve()), "files": files, "groups": groups,
+               "max_length": max_length, "dtype": dtype}  # fmt: skip
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_features(cache_dir: Path, split: str, key: str, compute) -> list[PackedFeatures]:
+    """The features of `split` from `cache_dir/<split>-<key>.safetensors`, else `compute()`d and stored there
+    (atomically, replacing the split's features of another key)."""
+    path = cache_dir / f"{split}-{key}.safetensors"
+    if path.is_file():
+        print(f"features of {split}: reused from {path}")
+        tensors = load_file(path)
+        lengths = tensors["lengths"].tolist()
+        return [
+            PackedFeatures(hidden_states=states, segment_ids=segments, truncated=bool(truncated))
+            for states, segments, truncated in zip(
+                tensors["hidden_states"].split(lengths), tensors["segment_ids"].split(lengths), tensors["truncated"]
+            )
+        ]
+    features = compute()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "hidden_states": torch.cat([f.hidden_states for f in features]),
+        "segment_ids": torch.cat([f.segment_ids for f in features]),
+        "lengths": torch.tensor([len(f.segment_ids) for f in features]),
+        "truncated": torch.tensor([f.truncated for f in features]),
+    }
+    staging = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, staging)
+    os.replace(staging, path)
+    for stale in cache_dir.glob(f"{split}-*.safetensors"):
+        if stale != path:
+            stale.unlink()
+    return features
+
+
 def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
     """The demo; `command` is the command line recorded with its reports."""
     start = time.perf_counter()
@@ -184,7 +232,15 @@ def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
             benchmarks[benchmark] = (benchmark, dataset)
 
     print("computing backbone features once (frozen backbone; each prompt encoded once per group)")
-    pool_features = extract_features(reference, tokenizer, as_groups(train) + as_groups(validation), args.max_length)
+    cache_dir = output_dir / "features"
+
+    def features_of(split: str, groups: list) -> list[PackedFeatures]:
+        key = features_key(backbone, groups, args.max_length, precision.name)
+        return cached_features(
+            cache_dir, split, key, lambda: extract_features(reference, tokenizer, groups, args.max_length)
+        )
+
+    pool_features = features_of("train", as_groups(train) + as_groups(validation))
     train_features, validation_features = pool_features[: len(train)], pool_features[len(train) :]
     eval_features: dict[str, list[PackedFeatures]] = {}
     for label, (benchmark, dataset) in benchmarks.items():
@@ -195,9 +251,10 @@ def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
             (chats[i * per_item][0], [response for _, response in chats[i * per_item : (i + 1) * per_item]])
             for i in range(len(dataset))
         ]
-        eval_features[label] = extract_features(reference, tokenizer, groups, args.max_length)
+        eval_features[label] = features_of(_slug(label), groups)
 
     table, held_out_correct = {}, {}
+    packaged_dir = output_dir / "judge"
     for name, judge in judges.items():
         print(f"training: {name}")
         training = train_heads(
@@ -212,10 +269,14 @@ def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
         )
         best = next(e for e in training.evaluations if e["step"] == training.best_step)
         row = {"best_epoch": training.best_epoch, "validation_accuracy": 100 * best["accuracy"]}
+        identity = {}
+        if name == PACKAGED:  # saved before it is scored, so its reports name these weights (push checks them)
+            save_judge(judge, packaged_dir, form="full", tokenizer=tokenizer, overwrite=True)
+            identity = {"judge": judge_identity(packaged_dir)}
         for label, (benchmark, dataset) in benchmarks.items():
             scored = score_features(judge, eval_features[label])
             report_dir = output_dir / "eval" / _slug(name) / benchmark
-            info = {"model": name, "command": command, **precision.as_record()}
+            info = {"model": name, "command": command, **identity, **precision.as_record()}
             result = report_scores(benchmark, dataset, scoring_output(judge, scored), info, report_dir)
             row[label] = result.metrics
             if label == HELD_OUT:
@@ -231,8 +292,6 @@ def run(args: DemoArguments, command: str = "adajudge demo") -> dict:
             diff, low, high = hierarchical_bootstrap(correct[None], held_out_correct[PACKAGED][None])
             table[name]["difference_to_adajudge"] = {"diff": 100 * diff, "ci_low": 100 * low, "ci_high": 100 * high}
 
-    packaged_dir = output_dir / "judge"
-    save_judge(judges[PACKAGED], packaged_dir, form="full", tokenizer=tokenizer, overwrite=True)
     eval_dirs = [output_dir / "eval" / _slug(PACKAGED) / benchmark for benchmark, _ in benchmarks.values()]
     datasets_used = ["Anthropic/hh-rlhf"] if args.data == "embedded" else [args.data]
     is_hub_id = args.backbone != "tiny" and not Path(args.backbone).exists()
@@ -292,6 +351,7 @@ def format_table(table: dict, benchmarks: list[str]) -> str:
     return "\n".join(lines)
 
 
+@handle_errors("demo")
 def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(DemoArguments, prog="adajudge demo", description=__doc__.split("\n\n")[1])
     (args,) = parser.parse_args_into_dataclasses(args=argv)

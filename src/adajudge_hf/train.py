@@ -10,7 +10,9 @@ Flags shared with TRL's script keep their names (`--model_name_or_path`, `--data
 ...); YAML files given with `--config` set defaults that command-line flags override. `--model_name_or_path` is a
 backbone (a new judge is built around it) or a saved judge (training continues). After training, the judge is saved
 with `save_judge` to `<output_dir>/judge` (`--judge_output_dir`), as adapter + heads with LoRA, heads alone with
-`--freeze_backbone`, else as a full checkpoint (`--save_form`).
+`--freeze_backbone`, else as a full checkpoint (`--save_form`). Each `<output_dir>/checkpoint-N/` is a judge too (in
+the form training resumes from), so any of them can be evaluated, served or resumed. Every flag is checked before
+anything is loaded.
 """
 
 import logging
@@ -23,14 +25,13 @@ from pathlib import Path
 import yaml
 from datasets import DatasetDict, IterableDatasetDict, load_dataset
 from datasets.exceptions import DatasetGenerationError
-from peft import PeftModel, get_peft_model
-from transformers.modeling_utils import set_zero3_state
+from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
-from .checkpoint import SAVE_FORMS, save_judge
+from .cli import handle_errors
 from .data import helpsteer3_to_preference
-from .modeling import AdaJudgeForRewardModeling
-from .trainer import AdaJudgeRewardConfig, AdaJudgeRewardTrainer
+from .modeling.loading_adajudge import check_local_checkpoint
+from .trainer import AdaJudgeRewardConfig, AdaJudgeRewardTrainer, judge_save_form
 
 
 DATASET_FORMATS = ("preference", "helpsteer3")
@@ -56,14 +57,6 @@ class AdaJudgeScriptArguments(ScriptArguments):
             "choices": DATASET_FORMATS,
         },
     )
-    save_form: str | None = field(
-        default=None,
-        metadata={
-            "help": "Form of the saved judge: `adapter` (LoRA + heads), `heads` (frozen backbone) or `full` (merged). "
-            "None: adapter with --use_peft, heads with --freeze_backbone, else full.",
-            "choices": SAVE_FORMS,
-        },
-    )
     judge_output_dir: str | None = field(
         default=None, metadata={"help": "Folder of the saved judge. None: `<output_dir>/judge`."}
     )
@@ -71,8 +64,6 @@ class AdaJudgeScriptArguments(ScriptArguments):
     def __post_init__(self):
         if self.dataset_format not in DATASET_FORMATS:
             raise ValueError(f"`dataset_format` must be one of {DATASET_FORMATS}, got {self.dataset_format!r}.")
-        if self.save_form is not None and self.save_form not in SAVE_FORMS:
-            raise ValueError(f"`save_form` must be one of {SAVE_FORMS}, got {self.save_form!r}.")
 
 
 @dataclass
@@ -165,35 +156,25 @@ def _split(dataset: DatasetDict | IterableDatasetDict, split: str, flag: str):
     return dataset[split]
 
 
-def _model_to_save(trainer: AdaJudgeRewardTrainer) -> AdaJudgeForRewardModeling | PeftModel | None:
-    """The trained model, whole, on the main process (None elsewhere); FSDP / DeepSpeed shards are gathered first."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
-        return model if trainer.accelerator.is_main_process else None
-    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective (DeepSpeed: the engine)
-    if not trainer.accelerator.is_main_process:
-        return None
-    judge = model.get_base_model() if isinstance(model, PeftModel) else model
-    with set_zero3_state():  # a plain model on this process: ZeRO-3's partitioned construction is collective
-        whole = AdaJudgeForRewardModeling._from_config(judge.config, dtype=judge.dtype)
-    whole.config.base_model_name_or_path = getattr(judge.config, "base_model_name_or_path", None) or (
-        judge.config.name_or_path
-    )
-    if isinstance(model, PeftModel):
-        whole = get_peft_model(whole, model.peft_config[model.active_adapter])
-    whole.load_state_dict(state_dict, assign=True)  # keep each tensor's trained dtype (fp32 heads beside bf16)
-    return whole
-
-
 def train(
     script_args: AdaJudgeScriptArguments,
     training_args: AdaJudgeRewardConfig,
     model_args: AdaJudgeModelConfig,
     judge_args: JudgeArguments,
 ) -> AdaJudgeRewardTrainer:
-    """Train a judge and save it; returns the trainer."""
+    """Train a judge and save it; returns the trainer. Every flag is checked before anything is loaded or trained."""
     if not model_args.model_name_or_path:
-        raise ValueError("No model: pass `--model_name_or_path` (a backbone, or a judge saved by `adajudge train`).")
+        raise ValueError("No model: pass --model_name_or_path (a backbone, or a judge saved by `adajudge train`).")
+    check_local_checkpoint(model_args.model_name_or_path, "")  # a missing folder is named, not "Repo id must be ..."
+    if training_args.freeze_backbone and model_args.use_peft:
+        raise ValueError(
+            "--freeze_backbone trains the heads only, but --use_peft adds LoRA adapters to the backbone. Drop "
+            "--use_peft to train heads on a frozen backbone, or drop --freeze_backbone for LoRA."
+        )
+    judge_save_form(training_args.save_form, model_args.use_peft, training_args.freeze_backbone, cli=True)
+    judge_dir = Path(script_args.judge_output_dir or os.path.join(training_args.output_dir, "judge"))
+    if judge_dir.exists() and not judge_dir.is_dir():
+        raise ValueError(f"{judge_dir} exists and is not a folder; choose another --judge_output_dir.")
     model_init_kwargs = {
         "revision": model_args.model_revision,
         "attn_implementation": model_args.attn_implementation,
@@ -218,16 +199,17 @@ def train(
         quantization_config=get_quantization_config(model_args),
         peft_config=peft_config,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    except KeyboardInterrupt:
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        kept = f"resume from {last} with --resume_from_checkpoint {last}" if last else "no checkpoint was saved yet"
+        raise KeyboardInterrupt(f"interrupted before the judge was saved; {kept}.") from None
 
-    form = script_args.save_form or (
-        "adapter" if peft_config is not None else "heads" if training_args.freeze_backbone else "full"
+    trainer.save_judge(judge_dir)
+    trainer.accelerator.print(
+        f"Judge saved to {judge_dir} ({trainer.judge_save_form}); load it with `adajudge_hf.load_judge`."
     )
-    judge_dir = script_args.judge_output_dir or os.path.join(training_args.output_dir, "judge")
-    model = _model_to_save(trainer)
-    if model is not None:
-        save_judge(model, judge_dir, form=form, tokenizer=trainer.processing_class, overwrite=True)
-        trainer.accelerator.print(f"Judge saved to {judge_dir} ({form}); load it with `adajudge_hf.load_judge`.")
     trainer.accelerator.wait_for_everyone()
     trainer.end()
     return trainer
@@ -249,6 +231,7 @@ def _package_logs_to_stderr(level: int):
         package_logger.setLevel(previous_level)
 
 
+@handle_errors("train")
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     try:
@@ -260,9 +243,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if (
-    __name__ == "__main__"
-):  # `accelerate launch -m adajudge_hf.train ...`: user errors end in one line, as in `adajudge`
-    from .cli import main as adajudge
-
-    sys.exit(adajudge(["train", *sys.argv[1:]]))
+if __name__ == "__main__":  # `accelerate launch -m adajudge_hf.train ...`
+    sys.exit(main())

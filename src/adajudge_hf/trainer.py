@@ -3,6 +3,11 @@
 The trainer is a thin subclass: it prepares the data with the prompt/response boundary (`adajudge_hf.data`), swaps
 the loss for the focal Bradley-Terry loss with the router entropy floor (`adajudge_hf.loss`), gives the heads their
 own learning rate, and stops on a non-finite loss or gradient before the optimizer can write NaN weights.
+
+Every folder it writes is a judge in one of `save_judge`'s forms, so each opens through every door (the Auto classes,
+`pipeline`, TRL's string arguments, `load_judge`) as the judge at that step: each `checkpoint-N/` in the form that
+training can resume from (adapter + heads with LoRA, heads with a frozen backbone, else full), and `save_model` in
+`args.save_form`. Trainer's PEFT checkpoints would name the bare backbone, which then loads with a random score head.
 """
 
 import logging
@@ -13,18 +18,28 @@ from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset, IterableDataset
-from peft import PeftModel
+from peft import PeftModel, get_peft_model
 from transformers import PreTrainedTokenizerBase, set_seed
+from transformers.modeling_utils import set_zero3_state
 from transformers.trainer_optimizer import is_optimizer_factory
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.utils import global_then_local_main_first
 
-from .checkpoint import load_judge
+from .checkpoint import (
+    HEADS_FILE,
+    SAVE_FORMS,
+    detect_judge_form,
+    judge_backbone,
+    load_judge,
+    load_judge_weights,
+    save_judge,
+)
 from .data import STRENGTH, DataCollatorForAdaJudge, prepare_preference_dataset
 from .lora import HEAD_MODULE, adajudge_lora_config
 from .loss import STRENGTH_SCALINGS, adajudge_loss, preference_strength_scale, preference_strength_weights
 from .modeling import AdaJudgeConfig, AdaJudgeForRewardModeling
 from .modeling.configuration_adajudge import validate_loss_hyperparameters
+from .modeling.loading_adajudge import check_local_checkpoint
 from .precision import resolve_bf16_training
 
 
@@ -74,6 +89,10 @@ class AdaJudgeRewardConfig(RewardConfig):
             Multiplies the head learning rate for the pooling router (a remedy for router lock-in; off).
         freeze_backbone (`bool`, *optional*, defaults to `False`):
             Train the heads only. Turns off activation checkpointing, which would only recompute the frozen backbone.
+        save_form (`str`, *optional*):
+            Form of the judge `save_model` writes (`adapter`, `heads` or `full`, see `save_judge`). `None`: adapter
+            with LoRA, heads with `freeze_backbone`, else full. Each `checkpoint-N/` is a judge in the form training
+            resumes from (the same default).
         max_length (`int` or `None`, *optional*, defaults to `1024`):
             Longer pairs are truncated, not dropped: the prompt is cut from the left, once per pair so that chosen
             and rejected keep the same prompt tokens, and the end of the response is kept.
@@ -146,6 +165,15 @@ class AdaJudgeRewardConfig(RewardConfig):
             "response kept), not dropped. None: no limit."
         },
     )
+    save_form: str | None = field(
+        default=None,
+        metadata={
+            "help": "Form of the judge `save_model` (and `adajudge train`) writes: `adapter` (LoRA + heads), `heads` "
+            "(frozen backbone) or `full` (LoRA merged). None: adapter with LoRA, heads with a frozen backbone, else "
+            "full. Checkpoints always use the form training resumes from.",
+            "choices": SAVE_FORMS,
+        },
+    )
 
     def __post_init__(self):
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
@@ -179,8 +207,41 @@ class AdaJudgeRewardConfig(RewardConfig):
             raise ValueError(
                 f"`max_length` must be >= 2 (a prompt token and a response token) or None, got {self.max_length}."
             )
+        if self.save_form is not None and self.save_form not in SAVE_FORMS:
+            raise ValueError(f"`save_form` must be one of {SAVE_FORMS}, got {self.save_form!r}.")
         if self.freeze_backbone and self.activation_checkpointing:
             self.activation_checkpointing = self.gradient_checkpointing = False
+
+
+def judge_save_form(save_form: str | None, lora: bool, freeze_backbone: bool, cli: bool = False) -> str:
+    """The form a judge trained this way is saved in: `save_form`, else adapter with LoRA, heads with a frozen
+    backbone, else full. A form that cannot hold what is trained is refused, naming CLI flags when `cli`."""
+
+    def spell(name: str, value: str | None = None) -> str:
+        if cli:
+            return f"--{name}" + (f" {value}" if value else "")
+        return f"`{name}={value!r}`" if value else f"`{name}=True`"
+
+    message = None
+    if save_form == "adapter" and not lora:
+        message = (
+            f"{spell('save_form', 'adapter')} saves LoRA adapters with the heads, but this run trains no LoRA "
+            f"adapters. Add {'--use_peft' if cli else '`peft_config`'}, or save with {spell('save_form', 'full')}"
+            + (f" or {spell('save_form', 'heads')}." if freeze_backbone else ".")
+        )
+    elif save_form == "heads" and lora:
+        message = (
+            f"{spell('save_form', 'heads')} saves the heads alone and would drop the trained LoRA adapters. Use "
+            f"{spell('save_form', 'adapter')} (adapters + heads) or {spell('save_form', 'full')} (merged)."
+        )
+    elif save_form == "heads" and not freeze_backbone:
+        message = (
+            f"{spell('save_form', 'heads')} saves the heads alone, but the backbone is trained too. Add "
+            f"{spell('freeze_backbone')} to train the heads only, or use {spell('save_form', 'full')}."
+        )
+    if message:
+        raise ValueError(message)
+    return save_form or ("adapter" if lora else "heads" if freeze_backbone else "full")
 
 
 def _judge_of(model: AdaJudgeForRewardModeling | PeftModel) -> AdaJudgeForRewardModeling:
@@ -249,6 +310,7 @@ class AdaJudgeRewardTrainer(RewardTrainer):
             )
 
         self.strength_scale = None  # set from the training set by `_prepare_dataset`
+        self._saving_checkpoint = False
         model_init_kwargs = args.model_init_kwargs
         built_here = isinstance(model, str)
         if built_here:
@@ -271,6 +333,10 @@ class AdaJudgeRewardTrainer(RewardTrainer):
                 "Wrap the judge with `get_peft_model(judge, adajudge_lora_config(lora_config, judge))`, or pass the "
                 "judge and `peft_config` to the trainer."
             )
+
+        self.judge_save_form, self.checkpoint_form = self._save_forms(
+            args, judge, lora=peft_config is not None or isinstance(model, PeftModel)
+        )
 
         # The objective: explicit config values win and are recorded on the model; the rest come from the model.
         self.loss_hyperparameters = {}
@@ -329,6 +395,31 @@ class AdaJudgeRewardTrainer(RewardTrainer):
             self._depth_names = [str(k) for k in range(first, judge.config.num_refinement_blocks + 1)]
 
     @staticmethod
+    def _save_forms(args: AdaJudgeRewardConfig, judge: AdaJudgeForRewardModeling, lora: bool) -> tuple[str, str]:
+        """(form of `save_model`, form of each checkpoint), checked before the first step. The adapter and heads forms
+        name the backbone; without one (a judge built from a config) a frozen backbone is saved in full."""
+        final = judge_save_form(args.save_form, lora, args.freeze_backbone)
+        checkpoint = judge_save_form(None, lora, args.freeze_backbone)
+        if judge_backbone(judge) is not None:
+            return final, checkpoint
+        if not lora:
+            checkpoint, final = "full", args.save_form or "full"
+        missing = None
+        if final == "heads":
+            missing = "heads form"
+        elif lora and args.save_strategy != "no":
+            missing = "adapter form of its checkpoints"
+        elif lora and args.save_form == "adapter":
+            missing = "adapter form"
+        if missing:
+            raise ValueError(
+                f"This judge was built from a config, so the backbone that the {missing} must name is unknown. Set "
+                "`model.config.base_model_name_or_path` to the backbone's Hub id or folder"
+                + ("." if lora else ", or use `save_form='full'`.")
+            )
+        return final, checkpoint
+
+    @staticmethod
     def _load_model(
         model_id: str,
         args: AdaJudgeRewardConfig,
@@ -348,6 +439,7 @@ class AdaJudgeRewardTrainer(RewardTrainer):
             kwargs["device_map"] = None if args.device.type in ("cpu", "mps") else "auto"
         kwargs.setdefault("trust_remote_code", args.trust_remote_code)
         hub_kwargs = {key: kwargs[key] for key in ("revision", "trust_remote_code") if key in kwargs}
+        check_local_checkpoint(model_id, "")  # a missing folder is named, not "Repo id must be in the form ..."
         if AdaJudgeConfig.get_config_dict(model_id, **hub_kwargs)[0].get("model_type") == AdaJudgeConfig.model_type:
             if os.path.isdir(model_id):
                 return load_judge(model_id, **kwargs)
@@ -514,6 +606,70 @@ class AdaJudgeRewardTrainer(RewardTrainer):
                 self._metrics[mode]["accuracy"][-1:] = self.accelerator.gather_for_metrics(correct).tolist()
 
         return (loss, outputs) if return_outputs else loss
+
+    def save_judge(self, output_dir: str | os.PathLike, form: str | None = None) -> None:
+        """Save the trained judge into `output_dir` (replaced atomically) in `form` (default `args.save_form`, see
+        `judge_save_form`), with the tokenizer. Call on every process: FSDP / DeepSpeed shards are gathered first."""
+        form = self.judge_save_form if form is None else form
+        model = self._model_to_save()
+        if model is not None:
+            save_judge(model, output_dir, form=form, tokenizer=self.processing_class, overwrite=True)
+
+    def _model_to_save(self, state_dict: dict | None = None) -> AdaJudgeForRewardModeling | PeftModel | None:
+        """The trained model, whole, on the saving process (None elsewhere). A sharded model (FSDP, DeepSpeed) is
+        rebuilt from `state_dict`, gathered here (a collective) when not given."""
+        model = self.accelerator.unwrap_model(self.model)
+        if state_dict is None and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            state_dict = self.accelerator.get_state_dict(self.model_wrapped)  # collective (DeepSpeed: the engine)
+        if not self.args.should_save:
+            return None
+        if state_dict is None:
+            return model
+        judge = _judge_of(model)
+        with set_zero3_state():  # a plain model on this process: ZeRO-3's partitioned construction is collective
+            whole = AdaJudgeForRewardModeling._from_config(judge.config, dtype=judge.dtype)
+        whole.config.base_model_name_or_path = judge_backbone(judge)
+        if isinstance(model, PeftModel):
+            whole = get_peft_model(whole, model.peft_config[model.active_adapter])
+        whole.load_state_dict(state_dict, assign=True)  # keep each tensor's trained dtype (fp32 heads beside bf16)
+        return whole
+
+    def _save_checkpoint(self, model, trial):
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Trainer's model save (`save_model`, each checkpoint): the judge in `checkpoint_form` for a checkpoint, else
+        in `judge_save_form`, and its tokenizer; the folder's other files (optimizer states, logs) are kept."""
+        if state_dict == {}:  # DeepSpeed without gathered weights: it writes its own checkpoint files next
+            return super()._save(output_dir, state_dict)
+        model = self._model_to_save(state_dict)
+        if model is not None:
+            form = self.checkpoint_form if self._saving_checkpoint else self.judge_save_form
+            output_dir = output_dir or self.args.output_dir
+            save_judge(model, output_dir, form=form, tokenizer=self.processing_class, keep_other_files=True)
+
+    def _load_split_judge(self, folder: str | None, model) -> bool:
+        """Load a checkpoint in the adapter or heads form into `model`; False for any other folder, and under FSDP /
+        DeepSpeed, whose own checkpoint files Trainer reads."""
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        if sharded or folder is None or not os.path.isfile(os.path.join(folder, HEADS_FILE)):
+            return False
+        if detect_judge_form(folder) == "full":
+            return False
+        load_judge_weights(self.accelerator.unwrap_model(model), folder)
+        return True
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not self._load_split_judge(resume_from_checkpoint, self.model if model is None else model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        if not self._load_split_judge(self.state.best_model_checkpoint, self.model):
+            super()._load_best_model()
 
     def _get_grad_norm(self, model, grad_norm=None):
         # Trainer computes the global gradient norm just before `optimizer.step()`: the last point at which a

@@ -12,7 +12,7 @@ import argparse
 import shlex
 import sys
 
-from ..cli import accept_underscore_flags
+from ..cli import accept_underscore_flags, handle_errors
 from ..precision import DTYPE_CHOICES, load_for_inference
 from .benchmarks import BENCHMARKS
 from .data import JUDGEBENCH_SPLITS
@@ -21,11 +21,25 @@ from .report import LENGTH_BASELINE, evaluate_length_baseline, evaluate_model, f
 from .scoring import DEFAULT_BATCH_TOKENS, distributed_state
 
 
+LOCAL_DATA_COLUMNS = """local --data files (.json / .jsonl / .parquet, optionally .gz, or a folder of them) need the
+official columns:
+  rm-bench        id, prompt, chosen, rejected (3 responses each), domain (or files named <domain>_filtered.json,
+                  as in the official repository: chat, code, math, safety-refuse, safety-response)
+  judgebench      pair_id, source, question, response_model, response_A, response_B, label
+  reward-bench-2  id, subset, prompt, chosen (list of correct completions), rejected (list), num_correct
+                  (= len(chosen); Ties ids are ref:<n> / tied:<n>)
+  reward-bench    id, subset, prompt, chosen, rejected (strings; split `filtered` on the Hub)
+  pairs           chosen, rejected, and optionally prompt (strings or chat messages)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adajudge evaluate",
-        description="Score a reward model on a benchmark with its official metrics; write metrics.json, "
+        description="Score a reward model on a benchmark with its official metrics; write metrics.json,\n"
         "rewards.jsonl and, for AdaJudge judges, a routing report (routing.json / .md / .png).",
+        epilog=LOCAL_DATA_COLUMNS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--model",
@@ -33,7 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"a local folder or Hub id of an AdaJudge judge or any sequence-classification reward model, or "
         f"'{LENGTH_BASELINE}' (the longer response wins)",
     )
-    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    parser.add_argument(
+        "--benchmark",
+        required=True,
+        choices=BENCHMARKS,
+        help="what to score, with its official metric: rm-bench (THU-KEG/RM-Bench), judgebench "
+        "(ScalerLab/JudgeBench), reward-bench-2 (allenai/reward-bench-2), reward-bench (allenai/reward-bench), or "
+        "pairs (your own preference pairs: accuracy); the columns a local --data file needs are listed below",
+    )
     parser.add_argument(
         "--data",
         help="Hub dataset id, or a local file / folder in the official format (default: the benchmark's official "
@@ -76,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     return accept_underscore_flags(parser)
 
 
+@handle_errors("evaluate")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common = {"split": args.split, "limit": args.limit}
@@ -100,9 +122,6 @@ def main(argv: list[str] | None = None) -> int:
                 command=shlex.join(["adajudge", "evaluate", *(sys.argv[1:] if argv is None else argv)]),
                 **common,
             )
-    except (ValueError, OSError) as error:  # bad input: a clear message, not a traceback
-        print(f"adajudge evaluate: error: {error}", file=sys.stderr)
-        return 2
     except ScoringInterrupted as interrupt:  # Ctrl-C: say what was kept and how to resume
         if distributed_state().is_main_process:
             print(f"adajudge evaluate: {interrupt}", file=sys.stderr)

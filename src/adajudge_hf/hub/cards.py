@@ -298,7 +298,7 @@ def render_card(
     other weights than the checkpoint's are refused unless `force` (`check_evaluations_match`).
     """
     folder = Path(checkpoint_dir)
-    form, evaluations = check_checkpoint(folder), read_evaluations(eval_dir)
+    form, evaluations = check_checkpoint(folder, base_model=base_model), read_evaluations(eval_dir)
     if evaluations:
         check_evaluations_match(evaluations, folder, weight_file_hashes(folder), force=force)
     return checkpoint_card(

@@ -10,9 +10,7 @@ User errors (a bad folder, a missing token) end in one line and exit code 2; a r
 import argparse
 import sys
 
-from huggingface_hub.errors import HfHubHTTPError
-
-from ..cli import accept_underscore_flags
+from ..cli import accept_underscore_flags, handle_errors
 from .cards import FAMILY, render_card, render_family_card
 from .push import push_judge
 
@@ -30,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="output folder of `adajudge evaluate`, or a folder of them; repeat for several benchmarks",
     )
-    parser.add_argument("--base-model", help="Hub id of the backbone (default: the one recorded in the checkpoint)")
+    parser.add_argument(
+        "--base-model",
+        help="Hub id of the backbone (default: the one recorded in the checkpoint); needed for an adapter or heads "
+        "judge trained on a local copy of its backbone: the pushed config.json then names this id",
+    )
     parser.add_argument("--dataset", action="append", dest="datasets", help="Hub id of a training dataset; repeatable")
     parser.add_argument("--license", help="license id for the card, e.g. apache-2.0 (usually the backbone's)")
     parser.add_argument(
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     return accept_underscore_flags(parser)
 
 
+@handle_errors("push")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,42 +61,35 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--render-card-only needs --output and either CHECKPOINT_DIR or --family")
     elif args.family or args.output or not (args.checkpoint_dir and args.repo_id):
         parser.error("pushing needs CHECKPOINT_DIR and REPO_ID (--family and --output go with --render-card-only)")
-    try:
-        if args.render_card_only:
-            if args.family:
-                card = render_family_card(args.family, repo_id=args.repo_id)
-            else:
-                card = render_card(
-                    args.checkpoint_dir,
-                    args.eval_dir,
-                    repo_id=args.repo_id,
-                    base_model=args.base_model,
-                    datasets=args.datasets,
-                    license=args.license,
-                    force=args.force,
-                )
-            card.save(args.output)
-            print(f"Model card written to {args.output}")
-            return 0
-        info = push_judge(
-            args.checkpoint_dir,
-            args.repo_id,
-            token=args.token,
-            private=args.private,
-            revision=args.revision,
-            commit_message=args.commit_message,
-            eval_dir=args.eval_dir,
-            base_model=args.base_model,
-            datasets=args.datasets,
-            license=args.license,
-            force=args.force,
-        )
-    except HfHubHTTPError as error:  # an OSError too: catch it first
-        print(f"adajudge push: the Hub refused the request: {error}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as error:  # bad input: a clear message, not a traceback
-        print(f"adajudge push: error: {error}", file=sys.stderr)
-        return 2
+    if args.render_card_only:
+        if args.family:
+            card = render_family_card(args.family, repo_id=args.repo_id)
+        else:
+            card = render_card(
+                args.checkpoint_dir,
+                args.eval_dir,
+                repo_id=args.repo_id,
+                base_model=args.base_model,
+                datasets=args.datasets,
+                license=args.license,
+                force=args.force,
+            )
+        card.save(args.output)
+        print(f"Model card written to {args.output}")
+        return 0
+    info = push_judge(
+        args.checkpoint_dir,
+        args.repo_id,
+        token=args.token,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        eval_dir=args.eval_dir,
+        base_model=args.base_model,
+        datasets=args.datasets,
+        license=args.license,
+        force=args.force,
+    )
     print(f"Pushed to {info.repo_url} (commit {info.oid})")
     return 0
 

@@ -19,6 +19,10 @@ from ..modeling import AdaJudgeConfig
 logger = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+TRAINER_STATE = re.compile(
+    r"(optimizer|scheduler|scaler)\.pt|rng_state(_\d+)?\.pth|training_args\.bin|trainer_state\.json"
+)
+"""Trainer's resume state in a `checkpoint-N/` folder (a judge too): never uploaded, never loaded."""
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 """A Hub repo id: `org/name`."""
 
@@ -41,21 +45,25 @@ def _tensor_names(folder: Path) -> set[str]:
         return set(weights.keys())
 
 
-def check_checkpoint(checkpoint_dir: str | Path) -> str:
+def check_checkpoint(checkpoint_dir: str | Path, base_model: str | None = None) -> str:
     """Check that a folder is a complete judge that can be published; return its form ("full", "adapter", "heads").
 
     Refuses pickle files (they run code when loaded), a missing heads file or head tensors, a missing tokenizer, and
-    adapter / heads checkpoints whose backbone is recorded as a local folder, which nobody else could fetch.
+    adapter / heads checkpoints whose backbone is a local folder, which nobody else could fetch, unless `base_model`
+    names its Hub id (the pushed config.json then records it).
     """
     folder = Path(checkpoint_dir)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder; pass the output folder of `save_judge`.")
-    pickles = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    pickles = sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.suffix in PICKLE_SUFFIXES and not TRAINER_STATE.fullmatch(p.relative_to(folder).as_posix())
+    )
     if pickles:
         raise ValueError(
             f"{folder} holds pickle files ({', '.join(pickles)}), which run arbitrary code when loaded; the Hub copy "
-            "of a judge must be safetensors only. Export the judge with `save_judge(model, output_dir, form=...)` "
-            "and push that folder (Trainer's `training_args.bin` and optimizer states do not belong in it)."
+            "of a judge must be safetensors only. Push the folder `adajudge train` or `save_judge` wrote."
         )
     form = detect_judge_form(folder)
     if form == "full" and not any(name.startswith(f"{HEAD_MODULE}.") for name in _tensor_names(folder)):
@@ -68,12 +76,15 @@ def check_checkpoint(checkpoint_dir: str | Path) -> str:
             f"{folder} has no tokenizer (tokenizer_config.json). Save it next to the judge with "
             "`save_judge(model, output_dir, form=..., tokenizer=tokenizer)` or `tokenizer.save_pretrained(output_dir)`."
         )
-    if form != "full":
+    if base_model is not None and not is_repo_id(base_model):
+        raise ValueError(f"--base-model must be the Hub repo id of the backbone ('org/name'), got {base_model!r}.")
+    if form != "full" and base_model is None:
         base = AdaJudgeConfig.get_config_dict(str(folder))[0].get("base_model_name_or_path")
         if not is_repo_id(base):
             raise ValueError(
                 f"{folder}/config.json records the backbone as {base!r}, which is not a Hub repo id, so nobody else "
-                "could load this judge. Re-save it with `save_judge(..., base_model_name_or_path='<org>/<backbone>')`."
+                "could load this judge. Name the backbone's Hub id with --base-model <org>/<backbone> (the pushed "
+                "config.json records it; `base_model=` in Python)."
             )
     return form
 

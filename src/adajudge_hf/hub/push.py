@@ -1,5 +1,6 @@
 """Upload a judge checkpoint folder, its generated card and its evaluations in one commit of the regular client."""
 
+import json
 import logging
 from importlib.resources import files
 from pathlib import Path
@@ -11,19 +12,21 @@ from ..checkpoint import ADAPTER_CONFIG_FILE, adapter_config_for_repo
 from ..evaluation.provenance import WEIGHTS_SUFFIX
 from ..modeling import REMOTE_CODE_FILES
 from .cards import checkpoint_card
-from .folders import REPO_ID, Evaluation, check_checkpoint, check_evaluations_match, read_evaluations
+from .folders import REPO_ID, TRAINER_STATE, Evaluation, check_checkpoint, check_evaluations_match, read_evaluations
 
 
 logger = logging.getLogger(__name__)
 
 
 def _upload_operations(folder: Path, form: str, evaluations: list[Evaluation]) -> list[CommitOperationAdd]:
-    """Every file of the checkpoint (README.md excepted: the card replaces it) and of the evaluations."""
+    """Every file of the checkpoint (README.md excepted: the card replaces it; a `checkpoint-N/`'s Trainer state left
+    out) and of the evaluations."""
     paths = {
         path.relative_to(folder).as_posix(): path
         for path in sorted(folder.rglob("*"))
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     }
+    paths = {name: path for name, path in paths.items() if not TRAINER_STATE.fullmatch(name)}
     paths.pop("README.md", None)
     if form == "full":  # a full checkpoint saved by `save_pretrained` has them; add them for any other
         code = files("adajudge_hf.modeling")
@@ -67,11 +70,17 @@ def push_judge(
     folder = Path(checkpoint_dir)
     if not REPO_ID.fullmatch(repo_id):
         raise ValueError(f"`repo_id` must look like 'org/name', got {repo_id!r}.")
-    form, evaluations = check_checkpoint(folder), read_evaluations(eval_dir)
+    form, evaluations = check_checkpoint(folder, base_model=base_model), read_evaluations(eval_dir)
     operations = _upload_operations(folder, form, evaluations)
+    replaced = {}
     if form == "adapter":  # the Auto classes must reach the judge, not the bare backbone, from this repo id
-        operations = [operation for operation in operations if operation.path_in_repo != ADAPTER_CONFIG_FILE]
-        operations.append(CommitOperationAdd(ADAPTER_CONFIG_FILE, adapter_config_for_repo(folder, repo_id)))
+        replaced[ADAPTER_CONFIG_FILE] = adapter_config_for_repo(folder, repo_id)
+    if form != "full" and base_model is not None:  # trained on a local copy: the Hub copy loads the Hub backbone
+        config = json.loads((folder / "config.json").read_text())
+        config["base_model_name_or_path"] = base_model
+        replaced["config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+    operations = [operation for operation in operations if operation.path_in_repo not in replaced]
+    operations += [CommitOperationAdd(name, content) for name, content in replaced.items()]
     # The sha256 that the upload needs anyway (computed once, reused by huggingface_hub) identifies the weights.
     weight_hashes = {
         operation.path_in_repo: operation.upload_info.sha256.hex()
