@@ -207,3 +207,19 @@ def test_load_judge_weights_restores_a_model_being_trained(backbone_dir, tmp_pat
     torch.testing.assert_close(rewards(other), rewards(saved), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="resume it with the same LoRA setting"):
         checkpoint.load_judge_weights(new_judge(backbone_dir, lora=not lora), folder)
+
+
+def test_a_failed_save_into_a_trainer_folder_changes_nothing(backbone_dir, tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    save_judge(new_judge(backbone_dir), folder, form="heads", keep_other_files=True)
+    (folder / "optimizer.pt").write_bytes(b"state")
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_judge(new_judge(backbone_dir, lora=True), folder, form="adapter", keep_other_files=True)
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    assert not list(tmp_path.glob(".run.*"))
