@@ -18,8 +18,16 @@ from adajudge_hf.tokenization import encode_prompt_response
 
 # The vLLM tests need vLLM, which pins an older transformers: `make test-vllm` runs them in their own environment
 # (and sets ADAJUDGE_REQUIRE_VLLM=1, so a missing vLLM fails there instead of going unnoticed).
+collect_ignore = []
 if importlib.util.find_spec("vllm") is None and os.environ.get("ADAJUDGE_REQUIRE_VLLM") != "1":
-    collect_ignore = ["vllm_plugin"]
+    collect_ignore.append("vllm_plugin")
+# The released RL clients' tests need their packages in .clients/: `make test-clients` installs them (and sets
+# ADAJUDGE_REQUIRE_CLIENTS=1, so a missing client fails there instead of being skipped).
+if (
+    not (Path(__file__).resolve().parents[1] / ".clients" / ".installed").exists()
+    and os.environ.get("ADAJUDGE_REQUIRE_CLIENTS") != "1"
+):
+    collect_ignore.append("clients")
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
