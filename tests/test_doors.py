@@ -214,7 +214,7 @@ def test_evaluate_cli_scores_every_form_like_the_saved_model(judges, form, tmp_p
     tokenizer = AutoTokenizer.from_pretrained(folder)
     evaluate_model(model, tokenizer, "pairs", data, tmp_path / "expected", show_progress=False)
     args = ["--model", str(folder), "--benchmark", "pairs", "--data", str(data), "--output-dir", str(tmp_path / "cli")]
-    assert evaluate_main(args) == 0
+    assert evaluate_main([*args, "--dtype", "float32"]) == 0  # the saved model's dtype (auto may pick bf16)
 
     def read(folder: Path) -> list[dict]:
         return [json.loads(line) for line in (folder / "rewards.jsonl").read_text().splitlines()]
@@ -458,7 +458,7 @@ def open_door(door: str, folder: Path):
     if door == "adajudge serve":
         from adajudge_hf.serve import load_for_serving
 
-        return load_for_serving(str(folder), device="cpu").model
+        return load_for_serving(str(folder), device="cpu", dtype="float32").model
     return open_by(door, str(folder))
 
 
@@ -498,7 +498,7 @@ def test_the_saved_judge_and_the_evaluate_cli_give_the_trainers_rewards(training
     judge = judge.merge_and_unload() if isinstance(judge, PeftModel) else judge
     tokenizer = AutoTokenizer.from_pretrained(output_dir / "checkpoint-1")
     evaluate_model(judge, tokenizer, "pairs", data, tmp_path / "expected", show_progress=False)
-    args = ["--benchmark", "pairs", "--data", str(data), "--output-dir", str(tmp_path / "cli")]
+    args = ["--benchmark", "pairs", "--data", str(data), "--output-dir", str(tmp_path / "cli"), "--dtype", "float32"]
     assert evaluate_main(["--model", str(output_dir / "checkpoint-1"), *args]) == 0
     for want, got in zip(*(map(json.loads, (tmp_path / d / "rewards.jsonl").read_text().splitlines())
                            for d in ("expected", "cli"))):  # fmt: skip
