@@ -69,12 +69,12 @@ def check_checkpoint(checkpoint_dir: str | Path, base_model: str | None = None) 
     if form == "full" and not any(name.startswith(f"{HEAD_MODULE}.") for name in _tensor_names(folder)):
         raise ValueError(
             f"The weights in {folder} have no `{HEAD_MODULE}.*` tensors: this is a backbone, not a trained judge. "
-            "Save the trained judge with `save_judge(model, output_dir, form='full')`."
+            "Push the judge that `adajudge train` (or `save_judge`) saved."
         )
     if not (folder / "tokenizer_config.json").is_file():
         raise ValueError(
-            f"{folder} has no tokenizer (tokenizer_config.json). Save it next to the judge with "
-            "`save_judge(model, output_dir, form=..., tokenizer=tokenizer)` or `tokenizer.save_pretrained(output_dir)`."
+            f"{folder} has no tokenizer (tokenizer_config.json). Copy the backbone's tokenizer files into it "
+            "(`adajudge train` saves them; in Python `save_judge(..., tokenizer=tokenizer)`)."
         )
     if base_model is not None and not is_repo_id(base_model):
         raise ValueError(f"--base-model must be the Hub repo id of the backbone ('org/name'), got {base_model!r}.")

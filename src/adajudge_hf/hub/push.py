@@ -69,7 +69,7 @@ def push_judge(
     """
     folder = Path(checkpoint_dir)
     if not REPO_ID.fullmatch(repo_id):
-        raise ValueError(f"`repo_id` must look like 'org/name', got {repo_id!r}.")
+        raise ValueError(f"REPO_ID must look like 'org/name' (e.g. org/adajudge-qwen3-8b), got {repo_id!r}.")
     form, evaluations = check_checkpoint(folder, base_model=base_model), read_evaluations(eval_dir)
     operations = _upload_operations(folder, form, evaluations)
     replaced = {}
