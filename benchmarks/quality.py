@@ -1,93 +1,104 @@
-"""Quality of AdaJudge against static pooling, under one fair protocol, at the scale this machine allows.
+"""Quality of AdaJudge against the stock readout, static poolings and a fixed mixture, under a protocol declared
+before the runs (`quality_protocol.yaml`).
 
-Frozen SmolLM2-135M-Instruct features (computed once, prompts shared, cached in results/cache/) feed every head.
-Protocol, the same for every variant:
-- data: one training pool (embedded HH-RLHF harmless pairs + LLaMA-Factory dpo_en_demo pairs, mixed); per seed a
-  validation split is carved from it (`--validation-fraction` of each source); held-out test pairs of each source
-  never enter training or selection;
-- budget: at most `--epochs` epochs, batch 16, lr `--learning-rate`; the validation pairs are scored
-  `--evaluations-per-epoch` times per epoch and each head keeps its best check (validation accuracy, ties to the
-  lower Bradley-Terry loss): `load_best_model_at_end` on validation only;
-- loss: focal Bradley-Terry (gamma 2) for every pooling; the entropy floor exists only with a router, so AdaJudge
-  is reported with it (`adajudge`, the paper's objective) and without it (`adajudge_no_floor`);
-- seeds: `--seeds` (head init, shuffling and the validation split).
-The loss ablation (plain BT / focal / focal + floor) is a separate table. Every difference to AdaJudge gets a 95%
-interval from a hierarchical bootstrap that resamples seeds and test pairs (`adajudge_hf.comparison`), per source and
-pooled over all held-out pairs of the training sources. Routing: mean pi per source for every seed and its spread.
+Frozen SmolLM2-135M-Instruct features (computed once, prompts shared, cached in results/cache/) feed every head. The
+protocol file fixes the data and its leak-free splits, the heads, the learning-rate x epoch grid (chosen on
+validation only), the seeds, the one primary comparison, the Holm-corrected secondary ones, the equivalence margin
+and the decision rule; this script follows it and records the file's sha256 in every run.
 
-    flock /tmp/adajudge-heavy.lock python benchmarks/quality.py \
-        --dpo-demo ../shared/benchmarks/llamafactory-dpo-demo/dpo_en_demo.json
+The study is a list of steps (feature shards, then one (head, learning rate, seed) run each), done in the declared
+order and appended to results/quality-runs.jsonl as they finish, so it stops and resumes anywhere. Each call does
+the next step (`--minutes M`: keeps taking steps while fewer than M minutes have passed and the next one is expected
+to fit) and rewrites the report from the files. One step per acquisition of the shared lock:
 
-writes results/quality.{json,md,png}, results/quality_summary.json and results/quality-runs.jsonl (one line per
-trained head; an interrupted run resumes from it with `--resume`). `--judgebench` / `--rm-bench` add those
-out-of-distribution sets (at chance for every head on this backbone; see results/README history).
+    flock /tmp/adajudge-heavy.lock python benchmarks/quality.py next --minutes 10   # repeat until `status` says done
+    python benchmarks/quality.py status    # what is done, what is left, what it is expected to cost
+    python benchmarks/quality.py report    # quality.{md,json,png} and quality_summary.json from the recorded runs
+
+Every run stores each held-out pair's two rewards and each response's routing weights, so any later analysis reruns
+from results/quality-runs.jsonl and results/quality-split.json without a model. `--backbone tiny --smoke` runs the
+whole study in minutes on a tiny random backbone with small splits (into a temporary folder), to prove every path.
 """
 
 import argparse
+import datetime
 import hashlib
 import json
-import random
 import statistics
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
-import datasets
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from adajudge_hf import AdaJudgeConfig, AdaJudgeForRewardModeling
 from adajudge_hf.backbones import resolve_backbone
-from adajudge_hf.comparison import hierarchical_bootstrap
-from adajudge_hf.embedded_data import load_embedded_preferences
-from adajudge_hf.evaluation.data import load_benchmark
-from adajudge_hf.evaluation.metrics import judgebench_scores, rm_bench_scores
-from adajudge_hf.evaluation.report import as_chat, benchmark_examples
-from adajudge_hf.features import PackedFeatures, extract_features, score_features, train_heads
-from adajudge_hf.loss import routing_entropy
-
-
-RESULTS = Path(__file__).resolve().parent / "results"
-REFERENCE = "adajudge"
-NO_FLOOR = {"entropy_floor_coef": 0.0}  # focal BT (the config default, gamma 2) without the router's entropy floor
-PLAIN_BT = {"focal_gamma": 0.0, "entropy_floor_coef": 0.0}
-TRAINING_SOURCES = ("hh_rlhf_harmless", "dpo_en_demo")
-
-
-def variants(blocks: int) -> tuple[dict[str, dict], dict[str, dict]]:
-    """(main comparison: the same focal loss for every pooling, loss ablation) -> AdaJudgeConfig fields."""
-    static = {"num_refinement_blocks": 0, **NO_FLOOR}
-    main = {
-        "stock_linear": {"pooling": "last", "score_head": "linear", **static},
-        "last_mlp": {"pooling": "last", **static},
-        "mean_mlp": {"pooling": "mean", **static},
-        "attention_mlp": {"pooling": "attention", **static},
-        REFERENCE: {"num_refinement_blocks": blocks},
-        "adajudge_no_floor": {"num_refinement_blocks": blocks, **NO_FLOOR},
-        "adajudge_k0": {"num_refinement_blocks": 0},
-        "adajudge_k0_no_floor": {"num_refinement_blocks": 0, **NO_FLOOR},
-    }
-    ablation = {
-        "stock_linear_plain_bt": {**main["stock_linear"], **PLAIN_BT},
-        "last_mlp_plain_bt": {**main["last_mlp"], **PLAIN_BT},
-        "adajudge_k0_plain_bt": {"num_refinement_blocks": 0, **PLAIN_BT},
-    }
-    return main, ablation
-
-
-# Loss ablation rows: (pooling family, plain BT variant, focal variant, focal + floor variant or None).
-ABLATION_ROWS = (
-    ("stock linear readout", "stock_linear_plain_bt", "stock_linear", None),
-    ("last-token MLP", "last_mlp_plain_bt", "last_mlp", None),
-    ("AdaJudge K=0", "adajudge_k0_plain_bt", "adajudge_k0_no_floor", "adajudge_k0"),
+from adajudge_hf.comparison import (
+    bootstrap_difference,
+    holm_adjust,
+    pair_key,
+    routing_mutual_information,
+    split_by_opening,
+    use_fixed_mixture,
 )
+from adajudge_hf.embedded_data import EMBEDDED_PREFERENCES
+from adajudge_hf.evaluation.data import load_rm_bench
+from adajudge_hf.evaluation.metrics import rm_bench_domain
+from adajudge_hf.evaluation.report import as_chat
+from adajudge_hf.features import PackedFeatures, extract_features, score_features, train_heads
 
 
-def dpo_demo_pairs(path: str) -> list[dict]:
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PROTOCOL = ROOT / "benchmarks" / "quality_protocol.yaml"
+SHARD_PAIRS = 400  # feature shards: one shard is one step (a few minutes), so others' jobs can interleave
+EXPECTED_MINUTES = {"features": 5.0, "cheap": 0.5, "adajudge": 14.0}  # what a step is expected to cost here
+
+
+# ---------------------------------------------------------------------------------------------------------- protocol
+def load_protocol(path: Path, smoke: bool = False) -> dict:
+    protocol = yaml.safe_load(path.read_text())
+    protocol["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    if smoke:  # every path of the study, on small splits and short budgets
+        data = protocol["data"]
+        data["held_out"] = {"hh_rlhf_harmless": 60, "dpo_en_demo": 20}
+        data["validation"] = {"hh_rlhf_harmless": 30, "dpo_en_demo": 10}
+        data["train_cap"] = 120
+        data["routing_probe"]["rm_bench_items_per_file"] = 2
+        grid = protocol["training"]["grid"]
+        grid["default"] = {"learning_rates": [3.0e-4, 3.0e-3], "max_epochs": 2}
+        grid["adajudge"] = {"learning_rates": [3.0e-4, 1.0e-3], "max_epochs": 1}
+        protocol["training"]["seeds"] = [0, 1, 2]
+    return protocol
+
+
+def declared_in_advance(protocol_path: Path, protocol: dict, runs: list[dict]) -> bool:
+    """True when every run used this protocol file and the file, unchanged since, was committed before the first run."""
+    if not runs or any(r["protocol_sha256"] != protocol["sha256"] for r in runs):
+        return False
+    try:
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", str(protocol_path)], cwd=ROOT).returncode
+        committed = subprocess.run(
+            ["git", "log", "-1", "--format=%cI", "--", str(protocol_path)], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return False
+    if dirty or not committed:
+        return False
+    first_run = min(datetime.datetime.fromisoformat(r["started_at"]) for r in runs)
+    return datetime.datetime.fromisoformat(committed) <= first_run
+
+
+# -------------------------------------------------------------------------------------------------------------- data
+def dpo_demo_pairs(path: Path) -> list[dict]:
     """LLaMA-Factory's sharegpt-style pairs as TRL conversational pairs."""
     roles = {"human": "user", "gpt": "assistant", "system": "system"}
     pairs = []
-    for row in json.loads(Path(path).read_text()):
+    for row in json.loads(path.read_text()):
         prompt = [{"role": roles[m["from"]], "content": m["value"]} for m in row["conversations"]]
         pairs.append(
             {
@@ -99,16 +110,68 @@ def dpo_demo_pairs(path: str) -> list[dict]:
     return pairs
 
 
-def cached_features(name: str, key: dict, compute) -> list[PackedFeatures]:
-    """Features saved under results/cache/ (git-ignored), keyed by what produced them."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = RESULTS / "cache" / f"{name}-{digest}.safetensors"
-    if path.exists():
-        tensors = load_file(path)
-        lengths = tensors["lengths"].tolist()
-        hidden, segments = tensors["hidden"].split(lengths), tensors["segments"].split(lengths)
-        return [PackedFeatures(h, s, bool(t)) for h, s, t in zip(hidden, segments, tensors["truncated"].tolist())]
-    features = compute()
+def embedded_pairs() -> list[dict]:
+    """All pairs the package ships, in file order (no train / test split of its own: the study splits them)."""
+    import gzip
+    from importlib.resources import as_file, files
+
+    with as_file(files("adajudge_hf") / "data" / EMBEDDED_PREFERENCES) as path, gzip.open(path, "rt") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def study_splits(protocol: dict) -> dict:
+    """{"train" | "validation" | "held_out": [(source, pair)]}, plus "duplicates_dropped": the declared leak-free split."""
+    data = protocol["data"]
+    pairs, sources = [], []
+    for source, where in data["sources"].items():
+        loaded = embedded_pairs() if where == "embedded" else dpo_demo_pairs(ROOT / where)
+        pairs += loaded
+        sources += [source] * len(loaded)
+    quotas = {"held_out": data["held_out"], "validation": data["validation"]}
+    indices, dropped = split_by_opening(pairs, sources, quotas, salt=data["salt"])
+    splits = {name: [(sources[i], pairs[i]) for i in members] for name, members in indices.items()}
+    if "train_cap" in data:  # smoke runs only
+        splits["train"] = splits["train"][: data["train_cap"]]
+    splits["duplicates_dropped"] = dropped
+    return splits
+
+
+def rm_bench_probe(protocol: dict) -> tuple[list[str], list[tuple]] | None:
+    """RM-Bench routing probe: (domain per item, (prompt, [3 chosen + 3 rejected]) per item), or None."""
+    probe = protocol["data"].get("routing_probe") or {}
+    if not probe.get("rm_bench") or not (ROOT / probe["rm_bench"]).exists():
+        return None
+    dataset = load_rm_bench(str(ROOT / probe["rm_bench"]))
+    counts: dict[str, int] = {}
+    keep = []
+    for index, domain in enumerate(dataset["domain"]):  # the first items of each file, a fixed subset
+        if counts.get(domain, 0) < probe["rm_bench_items_per_file"]:
+            counts[domain] = counts.get(domain, 0) + 1
+            keep.append(index)
+    dataset = dataset.select(keep)
+    groups = [(item["prompt"], list(item["chosen"]) + list(item["rejected"])) for item in dataset]
+    return [rm_bench_domain(d) for d in dataset["domain"]], groups
+
+
+def feature_shards(splits: dict, probe, tokenizer) -> dict[str, list[tuple]]:
+    """name -> (prompt, [responses]) groups; every split cut into shards of `SHARD_PAIRS` groups."""
+    shards = {}
+    for split in ("train", "validation", "held_out"):
+        groups = [(p["prompt"], [p["chosen"], p["rejected"]]) for _, p in splits[split]]
+        for start in range(0, len(groups), SHARD_PAIRS):
+            shards[f"{split}-{start // SHARD_PAIRS}"] = groups[start : start + SHARD_PAIRS]
+    if probe is not None:
+        chats = [[as_chat(tokenizer, prompt, r) for r in responses] for prompt, responses in probe[1]]
+        shards["rm_bench-0"] = [(chat[0][0], [r for _, r in chat]) for chat in chats]
+    return shards
+
+
+def shard_path(cache: Path, name: str, groups: list, settings: dict) -> Path:
+    key = json.dumps({"groups": groups, **settings}, sort_keys=True, default=str)
+    return cache / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+
+
+def save_features(path: Path, features: list[PackedFeatures]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(
         {
@@ -119,316 +182,499 @@ def cached_features(name: str, key: dict, compute) -> list[PackedFeatures]:
         },
         path,
     )
-    return features
 
 
-def groups_of(benchmark: str, dataset: datasets.Dataset, tokenizer) -> list:
-    prompts, responses = benchmark_examples(benchmark, dataset)
-    per_item = len(responses) // len(dataset)
-    chats = [as_chat(tokenizer, p, r) for p, r in zip(prompts, responses)]
-    return [
-        (chats[i * per_item][0], [r for _, r in chats[i * per_item : (i + 1) * per_item]]) for i in range(len(dataset))
-    ]
+def load_features(path: Path) -> list[PackedFeatures]:
+    tensors = load_file(path)
+    lengths = tensors["lengths"].tolist()
+    hidden, segments = tensors["hidden"].split(lengths), tensors["segments"].split(lengths)
+    return [PackedFeatures(h, s, bool(t)) for h, s, t in zip(hidden, segments, tensors["truncated"].tolist())]
 
 
-def unit_correctness(benchmark: str, dataset, rewards: torch.Tensor) -> tuple[list[float], float]:
-    """Per test unit correctness (pairs: 0/1, ties wrong; RM-Bench item: share of its 9 comparisons), headline %."""
-    if benchmark == "pairs":
-        correct = (rewards[:, 0] > rewards[:, 1]).float().tolist()
-        return correct, 100 * statistics.mean(correct)
-    if benchmark == "judgebench":
-        items = [{**row, "score_A": float(r[0]), "score_B": float(r[1])} for row, r in zip(dataset, rewards)]
-        correct = [float(("A>B" if i["score_A"] > i["score_B"] else "B>A") == i["label"]) for i in items]
-        return correct, judgebench_scores(items)["overall"]
-    items = [
-        {"domain": row["domain"], "id": row["id"], "score_chosen": r[:3].tolist(), "score_rejected": r[3:].tolist()}
-        for row, r in zip(dataset, rewards)
-    ]
-    correct = [float((r[:3, None] > r[None, 3:]).float().mean()) for r in rewards]
-    return correct, rm_bench_scores(items)["overall"]
+# ---------------------------------------------------------------------------------------------------------- the study
+class Study:
+    """The declared protocol, its data, its recorded runs and the next step."""
 
+    def __init__(self, args):
+        self.args = args
+        self.protocol = load_protocol(Path(args.protocol), smoke=args.smoke)
+        self.output_dir = Path(args.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.runs_path = self.output_dir / "quality-runs.jsonl"
+        self.costs_path = self.output_dir / "quality-costs.jsonl"
+        backbone = args.backbone or self.protocol["backbone"]
+        self.backbone_name = backbone
+        if backbone == "tiny":
+            from adajudge_hf.testing import save_tiny_causal_lm
 
-def validation_split(sources: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (train, validation) of the training pool: `fraction` of each source goes to validation."""
-    rng = random.Random(1_000 + seed)
-    train, validation = [], []
-    for source in dict.fromkeys(sources):
-        members = [i for i, s in enumerate(sources) if s == source]
-        rng.shuffle(members)
-        cut = round(fraction * len(members))
-        validation += members[:cut]
-        train += members[cut:]
-    return sorted(train), sorted(validation)
+            self.backbone = save_tiny_causal_lm(Path(tempfile.mkdtemp()) / "tiny")
+        else:
+            self.backbone = resolve_backbone(backbone)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.backbone)
+        self.splits = study_splits(self.protocol)
+        self.probe = rm_bench_probe(self.protocol)
+        self.shards = feature_shards(self.splits, self.probe, self.tokenizer)
+        settings = {"backbone": backbone, "max_length": self.protocol["max_length"]}
+        cache = RESULTS / "cache" if not args.smoke else self.output_dir / "cache"
+        self.shard_paths = {n: shard_path(cache, n, g, settings) for n, g in self.shards.items()}
+        self._extractor = None
+        self._features = None
+        self.write_split()
 
+    # ------------------------------------------------------------------ records
+    def runs(self) -> list[dict]:
+        if not self.runs_path.exists():
+            return []
+        return [json.loads(line) for line in self.runs_path.read_text().splitlines() if line.strip()]
 
-def load_data(args, tokenizer, extractor) -> tuple[list, list[str], dict, dict]:
-    """Training pool features and sources, and the held-out sets: name -> (benchmark, dataset, features)."""
-    key = {"backbone": args.backbone, "max_length": args.max_length}
-    hh = load_embedded_preferences("train").select(range(args.hh_train))
-    hh_test = load_embedded_preferences("test").select(range(args.hh_test))
-    pool = [(r["prompt"], [r["chosen"], r["rejected"]]) for r in hh]
-    sources = ["hh_rlhf_harmless"] * len(pool)
-    held_out = {"hh_rlhf_harmless": ("pairs", hh_test, [(r["prompt"], [r["chosen"], r["rejected"]]) for r in hh_test])}
-    if args.dpo_demo:
-        dpo = dpo_demo_pairs(args.dpo_demo)
-        random.Random(0).shuffle(dpo)
-        dpo_test, dpo_train = dpo[: args.dpo_test], dpo[args.dpo_test :]
-        pool += [(r["prompt"], [r["chosen"], r["rejected"]]) for r in dpo_train]
-        sources += ["dpo_en_demo"] * len(dpo_train)
-        held_out["dpo_en_demo"] = (
-            "pairs", datasets.Dataset.from_list(dpo_test), [(r["prompt"], [r["chosen"], r["rejected"]]) for r in dpo_test]
-        )  # fmt: skip
-    if args.judgebench:
-        judgebench = load_benchmark("judgebench", args.judgebench)
-        held_out["judgebench"] = ("judgebench", judgebench, groups_of("judgebench", judgebench, tokenizer))
-    if args.rm_bench:
-        rm_bench = load_benchmark("rm-bench", args.rm_bench)
-        counts: dict[str, int] = {}  # the first items of each file, a fixed subset
-        keep = [
-            i
-            for i, d in enumerate(rm_bench["domain"])
-            if counts.setdefault(d, 0) < args.rm_bench_per_file and not counts.update({d: counts[d] + 1})
-        ]
-        rm_bench = rm_bench.select(keep)
-        held_out["rm_bench"] = ("rm-bench", rm_bench, groups_of("rm-bench", rm_bench, tokenizer))
-    train = cached_features(
-        "train",
-        {**key, "n": len(pool), "dpo": args.dpo_demo, "hh": args.hh_train},
-        lambda: extract_features(extractor, tokenizer, pool, args.max_length),
-    )
-    evals = {
-        name: (
-            benchmark,
-            dataset,
-            cached_features(
-                name,
-                {**key, "name": name, "n": len(groups)},
-                lambda groups=groups: extract_features(extractor, tokenizer, groups, args.max_length),
-            ),
+    def write_split(self) -> None:
+        """What every stored reward refers to: the held-out pairs (source and identity) and the probe's items."""
+        split = {
+            "protocol_sha256": self.protocol["sha256"],
+            "duplicates_dropped": self.splits["duplicates_dropped"],
+            "sizes": {
+                name: {s: sum(1 for src, _ in self.splits[name] if src == s) for s in self.protocol["data"]["sources"]}
+                for name in ("train", "validation", "held_out")
+            },
+            "held_out": [
+                {"source": s, "pair_sha256": hashlib.sha256(pair_key(p).encode()).hexdigest()[:16]}
+                for s, p in self.splits["held_out"]
+            ],
+            "rm_bench_domains": self.probe[0] if self.probe else [],
+        }
+        (self.output_dir / "quality-split.json").write_text(json.dumps(split, indent=1) + "\n")
+
+    # ------------------------------------------------------------------ features
+    def extractor(self) -> AdaJudgeForRewardModeling:
+        if self._extractor is None:
+            self._extractor = AdaJudgeForRewardModeling.from_backbone(
+                self.backbone, tokenizer=self.tokenizer, num_refinement_blocks=0
+            ).eval()
+        return self._extractor
+
+    def missing_shards(self) -> list[str]:
+        return [name for name, path in self.shard_paths.items() if not path.exists()]
+
+    def compute_shard(self, name: str) -> None:
+        start = time.perf_counter()
+        features = extract_features(
+            self.extractor(), self.tokenizer, self.shards[name], self.protocol["max_length"], show_progress=False
         )
-        for name, (benchmark, dataset, groups) in held_out.items()
-    }
-    return train, sources, evals
+        save_features(self.shard_paths[name], features)
+        seconds = time.perf_counter() - start
+        tokens = sum(f.hidden_states.shape[0] for f in features)
+        self.record_cost({"step": f"features {name}", "seconds": seconds, "groups": len(features), "tokens": tokens})
+        print(f"features {name}: {len(features)} groups, {tokens} tokens, {seconds / 60:.1f} min", flush=True)
 
+    def features(self) -> dict[str, list[PackedFeatures]]:
+        if self._features is None:
+            by_split: dict[str, list[PackedFeatures]] = {}
+            for name, path in self.shard_paths.items():
+                by_split.setdefault(name.rsplit("-", 1)[0], []).extend(load_features(path))
+            self._features = by_split
+        return self._features
 
-def train_one(name: str, fields: dict, seed: int, args, extractor, train, validation, evals) -> dict:
-    """Train one head on one seed, select its checkpoint on validation, score every held-out set."""
-    t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    config = AdaJudgeConfig(
-        text_config=extractor.config.text_config,
-        pad_token_id=extractor.config.pad_token_id,
-        response_template=extractor.config.response_template,
-        **fields,
-    )
-    model = AdaJudgeForRewardModeling(config)
-    result = train_heads(
-        model,
-        train,
-        validation_features=validation,
-        evaluations_per_epoch=args.evaluations_per_epoch,
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        seed=seed,
-        show_progress=False,
-    )
-    run = {
-        "seed": seed,
-        "variant": name,
-        "train_seconds": time.perf_counter() - t0,
-        "best_epoch": result.best_epoch,
-        "validation": result.evaluations,
-        "floor_ever_active": any(h["floor_active"] > 0 for h in result.history),
-        "evals": {},
-    }
-    for eval_name, (benchmark, dataset, features) in evals.items():
-        scored = score_features(model, features)
-        correct, score = unit_correctness(benchmark, dataset, scored["rewards"])
-        entry = {"correct": correct, "score": score}
-        if model.config.pooling == "adaptive":
-            pi = scored["routing_weights"].flatten(0, 1)  # (responses, E)
-            entry["mean_pi"] = pi.mean(0).tolist()
-            entry["pi_std_per_response"] = pi.std(0).tolist()
-            entry["entropy_below_floor"] = float((routing_entropy(pi) < model.config.entropy_floor).float().mean())
-        run["evals"][eval_name] = entry
-    return run
+    def record_cost(self, entry: dict) -> None:
+        with self.costs_path.open("a") as handle:
+            handle.write(json.dumps({**entry, "at": now()}) + "\n")
 
+    # ------------------------------------------------------------------ plan
+    def grid(self, head: str) -> dict:
+        grids = self.protocol["training"]["grid"]
+        return grids.get(head, grids["default"])
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="id, folder, or 'tiny'")
-    parser.add_argument("--dpo-demo", help="LLaMA-Factory dpo_en_demo.json (a second training source)")
-    parser.add_argument("--judgebench", help="JudgeBench jsonl (GPT-4o split) or Hub id (held-out only)")
-    parser.add_argument("--rm-bench", help="RM-Bench folder of *_filtered.json files or Hub id (held-out only)")
-    parser.add_argument("--hh-train", type=int, default=800, help="HH pairs in the training pool")
-    parser.add_argument("--hh-test", type=int, default=500)
-    parser.add_argument("--dpo-test", type=int, default=100)
-    parser.add_argument("--rm-bench-per-file", type=int, default=10)
-    parser.add_argument("--validation-fraction", type=float, default=0.15)
-    parser.add_argument("--max-length", type=int, default=384)
-    parser.add_argument("--blocks", type=int, default=2, help="K of `adajudge`")
-    parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--epochs", type=int, default=2, help="most epochs; the checkpoint is chosen on validation")
-    parser.add_argument("--evaluations-per-epoch", type=int, default=2)
-    parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--variants", help="comma-separated subset of the variants to train (default: all)")
-    parser.add_argument("--resamples", type=int, default=2000)
-    parser.add_argument("--resume", action="store_true", help="keep the runs already in quality-runs.jsonl")
-    parser.add_argument(
-        "--no-train", action="store_true", help="with --resume: summarise the recorded runs, train nothing new"
-    )
-    parser.add_argument("--output-dir", default=str(RESULTS))
-    args = parser.parse_args(argv)
-    torch.set_num_threads(2)
-    start = time.perf_counter()
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    def plan(self, runs: list[dict]) -> list[tuple]:
+        """Steps not yet done, in the declared order (a step needing an undecided learning rate is listed as None)."""
+        done = {(r["head"], r["learning_rate"], r["seed"]) for r in runs}
+        steps = [("features", name) for name in self.missing_shards()]
+        training = self.protocol["training"]
+        heads = list(self.protocol["heads"])
+        cheap = [h for h in heads if not self.protocol["heads"][h].get("num_refinement_blocks")]
+        for group in (cheap, [h for h in heads if h not in cheap]):
+            for head in group:
+                for seed in training["tuning_seeds"]:
+                    steps += [("train", head, lr, seed) for lr in self.grid(head)["learning_rates"]]
+            for head in group:
+                lr = chosen_lr(self.protocol, head, runs)
+                steps += [("train", head, lr, s) for s in training["seeds"] if s not in training["tuning_seeds"]]
+        return [s for s in steps if s[0] == "features" or (s[1], s[2], s[3]) not in done]
 
-    if args.backbone == "tiny":
-        import tempfile
+    def expected_minutes(self, step: tuple) -> float:
+        if step[0] == "features":
+            return EXPECTED_MINUTES["features"]
+        return EXPECTED_MINUTES[
+            "adajudge" if self.protocol["heads"][step[1]].get("num_refinement_blocks") else "cheap"
+        ]
 
-        from adajudge_hf.testing import save_tiny_causal_lm
-
-        backbone = save_tiny_causal_lm(Path(tempfile.mkdtemp()) / "tiny")
-    else:
-        backbone = resolve_backbone(args.backbone)
-    tokenizer = AutoTokenizer.from_pretrained(backbone)
-    extractor = AdaJudgeForRewardModeling.from_backbone(backbone, tokenizer=tokenizer, num_refinement_blocks=0).eval()
-    pool, sources, evals = load_data(args, tokenizer, extractor)
-    feature_seconds = time.perf_counter() - start
-    print(f"features ready after {feature_seconds / 60:.1f} min: pool of {len(pool)} pairs "
-          f"({', '.join(f'{s} {sources.count(s)}' for s in dict.fromkeys(sources))})", flush=True)  # fmt: skip
-
-    main_variants, ablation = variants(args.blocks)
-    chosen = {**main_variants, **ablation}
-    if args.variants:
-        unknown = set(args.variants.split(",")) - set(chosen)
-        if unknown:
-            raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {sorted(chosen)}")
-        chosen = {name: chosen[name] for name in args.variants.split(",")}
-    runs_path = output_dir / "quality-runs.jsonl"
-    runs = (
-        [json.loads(line) for line in runs_path.read_text().splitlines()] if args.resume and runs_path.exists() else []
-    )
-    if not args.resume:
-        runs_path.write_text("")
-    done = {(r["seed"], r["variant"]) for r in runs}
-    seeds = [int(s) for s in args.seeds.split(",")]
-    # Cheap heads first for every seed, the refinement blocks last: an interrupted run still has every seed of them.
-    order = sorted(chosen, key=lambda n: chosen[n].get("num_refinement_blocks", 0) > 0)
-    for name in order:
-        for seed in seeds:
-            if (seed, name) in done:
+    # ------------------------------------------------------------------ one run
+    def train(self, head: str, learning_rate: float, seed: int) -> dict:
+        fields = dict(self.protocol["heads"][head])
+        fixed_mixture = fields.pop("fixed_mixture", False)
+        training, grid = self.protocol["training"], self.grid(head)
+        features = self.features()
+        started = now()
+        t0 = time.perf_counter()
+        extractor = self.extractor() if self._extractor is not None else None
+        text_config = (extractor.config if extractor else self.base_config()).text_config
+        torch.manual_seed(seed)
+        config = AdaJudgeConfig(
+            text_config=text_config,
+            pad_token_id=self.tokenizer.pad_token_id or 0,
+            **fields,
+        )
+        model = AdaJudgeForRewardModeling(config)
+        if fixed_mixture:
+            use_fixed_mixture(model)
+        result = train_heads(
+            model,
+            features["train"],
+            validation_features=features["validation"],
+            evaluations_per_epoch=training["evaluations_per_epoch"],
+            epochs=grid["max_epochs"],
+            batch_size=training["batch_size"],
+            learning_rate=learning_rate,
+            weight_decay=training["weight_decay"],
+            max_grad_norm=training["max_grad_norm"],
+            seed=seed,
+            show_progress=False,
+        )
+        train_seconds = time.perf_counter() - t0
+        best = next(e for e in result.evaluations if e["step"] == result.best_step)
+        run = {
+            "head": head,
+            "learning_rate": learning_rate,
+            "seed": seed,
+            "started_at": started,
+            "protocol_sha256": self.protocol["sha256"],
+            "backbone": self.backbone_name,
+            "train_seconds": train_seconds,
+            "best_epoch": result.best_epoch,
+            "best_validation": {k: best[k] for k in ("accuracy", "bt_loss")},
+            "validation": result.evaluations,
+            "floor_ever_active": any(h["floor_active"] > 0 for h in result.history),
+        }
+        t1 = time.perf_counter()
+        for name in ("held_out", "rm_bench"):
+            if name not in features:
                 continue
-            train_index, validation_index = validation_split(sources, args.validation_fraction, seed)
-            train = [pool[i] for i in train_index]
-            validation = [pool[i] for i in validation_index]
-            reused = name == "adajudge_no_floor" and next(
-                (r for r in runs if r["seed"] == seed and r["variant"] == REFERENCE and not r["floor_ever_active"]),
-                None,
-            )
-            if args.no_train and not reused:
-                continue
-            if reused:
-                # The floor's hinge was zero at every step of `adajudge`, so its gradient was zero too: the run
-                # without it is the same computation, bit for bit. Record it instead of spending CPU on it again.
-                run = {**reused, "variant": name, "identical_to": REFERENCE}
-            else:
-                run = train_one(name, chosen[name], seed, args, extractor, train, validation, evals)
-            runs.append(run)
-            with runs_path.open("a") as handle:
-                handle.write(json.dumps(run) + "\n")
-            print(f"seed {seed} {name:>22}: " + ", ".join(f"{k} {v['score']:.1f}" for k, v in run["evals"].items())
-                  + f"  (best epoch {run['best_epoch']}, {run['train_seconds']:.0f} s)", flush=True)  # fmt: skip
-    runs = [r for r in runs if r["variant"] in chosen and r["seed"] in seeds]
-    settings = {
-        **vars(args),
-        "train_pairs": {s: round((1 - args.validation_fraction) * sources.count(s)) for s in dict.fromkeys(sources)},
-        "validation_pairs": {s: round(args.validation_fraction * sources.count(s)) for s in dict.fromkeys(sources)},
-        "held_out_units": {name: len(features) for name, (_, _, features) in evals.items()},
+            scored = score_features(model, features[name])
+            entry = {"rewards": scored["rewards"].tolist()}  # (G, N): held-out pairs (chosen, rejected); probe 3 + 3
+            if config.pooling == "adaptive":
+                entry["routing"] = [
+                    [[round(v, 5) for v in pi] for pi in g] for g in scored["routing_weights"].tolist()
+                ]
+            run[name] = entry
+        run["score_seconds"] = time.perf_counter() - t1
+        return run
+
+    def base_config(self) -> AdaJudgeConfig:
+        """The backbone's config without loading its weights (training reads cached features only)."""
+        from transformers import AutoConfig
+
+        return AdaJudgeConfig(text_config=AutoConfig.from_pretrained(self.backbone).to_dict())
+
+    def step(self, step: tuple) -> None:
+        if step[0] == "features":
+            self.compute_shard(step[1])
+            return
+        _, head, lr, seed = step
+        run = self.train(head, lr, seed)
+        with self.runs_path.open("a") as handle:
+            handle.write(json.dumps(run) + "\n")
+        self.record_cost(
+            {"step": f"{head} lr {lr:g} seed {seed}", "seconds": run["train_seconds"] + run["score_seconds"]}
+        )
+        pooled = accuracy(run["held_out"]["rewards"])
+        print(f"{head:>14} lr {lr:<7g} seed {seed}: validation {100 * run['best_validation']['accuracy']:.1f} "
+              f"(best epoch {run['best_epoch']:g}), held-out {pooled:.1f}  "
+              f"({run['train_seconds']:.0f} s + {run['score_seconds']:.0f} s scoring)", flush=True)  # fmt: skip
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def accuracy(rewards: list[list[float]]) -> float:
+    return 100 * statistics.mean(float(c > r) for c, r in rewards)
+
+
+# ---------------------------------------------------------------------------------------------------------- analysis
+def correct_matrix(runs: list[dict], head: str, lr: float, seeds: list[int], members: list[int]) -> torch.Tensor:
+    """(S, N) held-out correctness (chosen reward > rejected reward) of one head at one learning rate."""
+    by_seed = {r["seed"]: r for r in runs if r["head"] == head and r["learning_rate"] == lr}
+    rows = []
+    for seed in seeds:
+        rewards = torch.tensor(by_seed[seed]["held_out"]["rewards"], dtype=torch.float64)[members]
+        rows.append((rewards[:, 0] > rewards[:, 1]).double())
+    return torch.stack(rows)
+
+
+def compare(study: dict, a: str, b: str, scope: str, resamples: int, margin: float) -> dict | None:
+    runs, chosen, members = study["runs"], study["chosen"], study["scopes"][scope]
+    if chosen.get(a) is None or chosen.get(b) is None:
+        return None
+    seeds_a = {r["seed"] for r in runs if r["head"] == a and r["learning_rate"] == chosen[a]}
+    seeds_b = {r["seed"] for r in runs if r["head"] == b and r["learning_rate"] == chosen[b]}
+    common = sorted(seeds_a & seeds_b)
+    if not common:
+        return None
+    result = bootstrap_difference(
+        correct_matrix(runs, a, chosen[a], common, members),
+        correct_matrix(runs, b, chosen[b], common, members),
+        resamples=resamples,
+    )
+    low90, high90 = torch.quantile(result.draws, torch.tensor([0.05, 0.95], dtype=torch.float64)).tolist()
+    return {
+        "a": a,
+        "b": b,
+        "scope": scope,
+        "diff": 100 * result.difference,
+        "ci_low": 100 * result.low,
+        "ci_high": 100 * result.high,
+        "ci90_low": 100 * low90,
+        "ci90_high": 100 * high90,
+        "p_value": result.p_value,
+        "seeds": len(common),
+        "seed_list": common,
+        "pairs": len(members),
+        "equivalence_met": -margin <= 100 * low90 and 100 * high90 <= margin,
+        "complete": len(common) == len(study["expected_seeds"]),
     }
-    results = summarise(runs, list(evals), settings, args.resamples)
-    results["feature_seconds"], results["seconds"] = feature_seconds, time.perf_counter() - start
-    write(results, output_dir)
-    return results
 
 
-def correctness(runs: list[dict], variant: str, scopes: list[str], seeds: list[int]) -> torch.Tensor:
-    """(S, N) per-unit correctness of `variant` over `seeds`, the units of `scopes` concatenated."""
-    by_seed = {r["seed"]: r for r in runs if r["variant"] == variant}
-    return torch.tensor([[c for scope in scopes for c in by_seed[s]["evals"][scope]["correct"]] for s in seeds])
+def routing_analysis(runs: list[dict], head: str, lr: float, sources: list[str], domains: list[str], resamples: int):
+    """Per-input spread of pi, pi by source and RM-Bench domain, I(domain; expert) with intervals and a null."""
+    chosen_runs = sorted((r for r in runs if r["head"] == head and r["learning_rate"] == lr), key=lambda r: r["seed"])
+    if not chosen_runs or "routing" not in chosen_runs[0]["held_out"]:
+        return None
+    generator = torch.Generator().manual_seed(0)
+    out = {"seeds": [r["seed"] for r in chosen_runs]}
+    held_labels = [s for s in sources for _ in (0, 1)]  # both responses of each pair
+    probes = {"source": ("held_out", held_labels)}
+    if domains and "rm_bench" in chosen_runs[0]:
+        probes["rm_bench_domain"] = ("rm_bench", [d for d in domains for _ in range(6)])
+    for probe, (field, labels) in probes.items():
+        names = sorted(set(labels))
+        codes = torch.tensor([names.index(x) for x in labels])
+        pis = [torch.tensor(r[field]["routing"], dtype=torch.float64).reshape(-1, 3) for r in chosen_runs]  # (M, 3)
+        per_seed = [routing_mutual_information(pi, codes) for pi in pis]
+        members = [torch.nonzero(codes == d).flatten() for d in range(len(names))]
+        draws = []
+        for _ in range(resamples):  # seeds with replacement, then responses within each domain
+            chosen_seeds = torch.randint(len(pis), (len(pis),), generator=generator)
+            values = []
+            for s in chosen_seeds.tolist():
+                index = torch.cat([m[torch.randint(len(m), (len(m),), generator=generator)] for m in members])
+                values.append(routing_mutual_information(pis[s][index], codes[index]))
+            draws.append(statistics.mean(values))
+        null = []
+        for _ in range(200):
+            permutation = torch.randperm(len(codes), generator=generator)
+            null.append(statistics.mean(routing_mutual_information(pi, codes[permutation]) for pi in pis))
+        low, high = torch.quantile(
+            torch.tensor(draws, dtype=torch.float64), torch.tensor([0.025, 0.975], dtype=torch.float64)
+        ).tolist()
+        null95 = torch.quantile(torch.tensor(null, dtype=torch.float64), 0.95).item()
+        shares = torch.bincount(codes).double() / len(codes)
+        ceiling = min(float(-(shares * shares.log()).sum()), float(torch.log(torch.tensor(3.0))))
+        out[probe] = {
+            "mean_pi": {
+                n: [statistics.mean(pi[codes == d].mean(0)[e].item() for pi in pis) for e in range(3)]
+                for d, n in enumerate(names)
+            },
+            "mutual_information_nats": statistics.mean(per_seed),
+            "mi_share_of_max": statistics.mean(per_seed) / ceiling,  # of min(H(domain), log 3): its size, not sign
+            "mutual_information_per_seed": per_seed,
+            "mi_ci_low": low,
+            "mi_ci_high": high,
+            "mi_permutation_null_95": null95,
+            "domain_dependent": low > null95,
+            "responses": len(codes),
+        }
+    pis = [torch.tensor(r["held_out"]["routing"], dtype=torch.float64).reshape(-1, 3) for r in chosen_runs]
+    out["pi_std_per_input"] = [statistics.mean(pi[:, e].std().item() for pi in pis) for e in range(3)]
+    out["mean_tv_to_mean_pi"] = statistics.mean((0.5 * (pi - pi.mean(0)).abs().sum(-1)).mean().item() for pi in pis)
+    out["mean_pi"] = [statistics.mean(pi[:, e].mean().item() for pi in pis) for e in range(3)]
+    return out
 
 
-def summarise(runs: list[dict], eval_names: list[str], settings: dict, resamples: int) -> dict:
-    names = list(dict.fromkeys(r["variant"] for r in runs))
-    pooled = [n for n in eval_names if n in TRAINING_SOURCES]
-    scopes = {"pooled": pooled, **{n: [n] for n in eval_names}}
-    seeds_of = {n: sorted(r["seed"] for r in runs if r["variant"] == n) for n in names}
-    table, comparisons = {}, []
-    for name in names:
-        table[name] = {}
+def summarise(protocol: dict, runs: list[dict], split: dict, costs: list[dict], declared: bool) -> dict:
+    analysis, training = protocol["analysis"], protocol["training"]
+    resamples = int(analysis["resamples"])
+    margin = float(analysis["equivalence_margin"])
+    sources = [p["source"] for p in split["held_out"]]
+    scopes = {"pooled": list(range(len(sources)))}
+    for source in analysis["descriptive"]["per_source"]:
+        scopes[source] = [i for i, s in enumerate(sources) if s == source]
+    heads = list(protocol["heads"])
+    study = {"runs": runs, "scopes": scopes, "chosen": {}, "expected_seeds": training["seeds"]}
+    grid_table = {}
+    for head in heads:
+        grid = protocol["training"]["grid"].get(head, protocol["training"]["grid"]["default"])
+        grid_table[head] = {}
+        for lr in grid["learning_rates"]:
+            found = [r for r in runs if r["head"] == head and r["learning_rate"] == lr]
+            tuning = [r for r in found if r["seed"] in training["tuning_seeds"]]
+            grid_table[head][str(lr)] = {
+                "validation_accuracy_tuning_seeds": [100 * r["best_validation"]["accuracy"] for r in tuning],
+                "best_epochs": [r["best_epoch"] for r in found],
+                "held_out_pooled_not_used_for_selection": [accuracy(r["held_out"]["rewards"]) for r in found],
+                "seeds": [r["seed"] for r in found],
+            }
+        study["chosen"][head] = chosen_lr(protocol, head, runs)
+    table = {}
+    for head in heads:
+        lr = study["chosen"][head]
+        if lr is None:
+            continue
+        found = sorted((r for r in runs if r["head"] == head and r["learning_rate"] == lr), key=lambda r: r["seed"])
+        table[head] = {"learning_rate": lr, "seeds": [r["seed"] for r in found],
+                       "best_epoch": [r["best_epoch"] for r in found],
+                       "last_check_is_best": [r["best_epoch"] == r["validation"][-1]["epoch"] for r in found],
+                       "seconds_per_run": statistics.mean(r["train_seconds"] + r["score_seconds"] for r in found)}  # fmt: skip
         for scope, members in scopes.items():
-            per_seed = (100 * correctness(runs, name, members, seeds_of[name]).mean(1)).tolist()
-            if members == [scope] and scope not in TRAINING_SOURCES:  # JudgeBench / RM-Bench: the official score
-                per_seed = [next(r for r in runs if r["variant"] == name and r["seed"] == s)["evals"][scope]["score"]
-                            for s in seeds_of[name]]  # fmt: skip
-            table[name][scope] = {
+            per_seed = [100 * statistics.mean(float(r["held_out"]["rewards"][i][0] > r["held_out"]["rewards"][i][1])
+                                              for i in members) for r in found]  # fmt: skip
+            table[head][scope] = {
                 "mean": statistics.mean(per_seed),
                 "std": statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0,
                 "per_seed": per_seed,
             }
-        table[name]["best_epoch"] = [
-            r["best_epoch"] for r in sorted(runs, key=lambda r: r["seed"]) if r["variant"] == name
-        ]
-        table[name]["seeds"] = seeds_of[name]
-    if REFERENCE in names:
-        for name in names:
-            if name == REFERENCE:
-                continue
-            common = sorted(set(seeds_of[name]) & set(seeds_of[REFERENCE]))
-            for scope, members in scopes.items():
-                diff, low, high = hierarchical_bootstrap(
-                    correctness(runs, REFERENCE, members, common),
-                    correctness(runs, name, members, common),
-                    resamples=resamples,
-                )
-                comparisons.append({"a": REFERENCE, "b": name, "scope": scope, "diff": 100 * diff,
-                                    "ci_low": 100 * low, "ci_high": 100 * high, "seeds": len(common)})  # fmt: skip
+    primary = analysis["primary"]
+    declared_pairs = [(primary["a"], primary["b"])] + [(c["a"], c["b"]) for c in analysis["secondary"]]
+    comparisons = []
+    first = compare(study, primary["a"], primary["b"], primary["scope"], resamples, margin)
+    if first:
+        comparisons.append({**first, "primary": True, "family": "primary", "holm_p": first["p_value"]})
+    secondary = [compare(study, c["a"], c["b"], "pooled", resamples, margin) for c in analysis["secondary"]]
+    secondary = [{**c, "primary": False, "family": "secondary"} for c in secondary if c]
+    per_source = [
+        compare(study, a, b, source, resamples, margin)
+        for a, b in declared_pairs
+        for source in analysis["descriptive"]["per_source"]
+    ]
+    per_source = [{**c, "primary": False, "family": "descriptive per source"} for c in per_source if c]
+    for family in (secondary, per_source):
+        for c, adjusted in zip(family, holm_adjust([c["p_value"] for c in family])):
+            c["holm_p"] = adjusted
+    comparisons += secondary + per_source
+    complete = all(len(table.get(h, {}).get("seeds", [])) == len(training["seeds"]) for h in heads)
+    decision = decide(first, margin)
     routing = {}
-    for name in names:
-        adaptive = [r for r in runs if r["variant"] == name and "mean_pi" in next(iter(r["evals"].values()))]
-        if not adaptive:
-            continue
-        routing[name] = {}
-        for eval_name in eval_names:
-            per_seed = {r["seed"]: r["evals"][eval_name]["mean_pi"] for r in adaptive}
-            columns = list(zip(*per_seed.values()))
-            routing[name][eval_name] = {
-                "mean_pi_per_seed": per_seed,
-                "mean_pi": [statistics.mean(c) for c in columns],
-                "mean_pi_std_across_seeds": [statistics.stdev(c) if len(c) > 1 else 0.0 for c in columns],
-                "pi_std_per_response": [statistics.mean(v) for v in zip(*(r["evals"][eval_name]["pi_std_per_response"] for r in adaptive))],
-                "entropy_below_floor_per_seed": {r["seed"]: r["evals"][eval_name]["entropy_below_floor"] for r in adaptive},
-            }  # fmt: skip
-    return {"settings": settings, "table": table, "comparisons": comparisons, "routing": routing, "runs": runs}
-
-
-def protocol_summary(results: dict) -> dict:
-    """The machine-readable summary of issue 14's schema (percentage points)."""
-    settings = results["settings"]
-    main, _ = variants(settings["blocks"])
-    focal_for_all = all(main[n].get("focal_gamma", 2.0) == 2.0 for n in main)
+    for head in heads:
+        if study["chosen"][head] is not None:
+            found = routing_analysis(runs, head, study["chosen"][head], sources, split["rm_bench_domains"], 1000)
+            if found:
+                routing[head] = found
     return {
+        "protocol": protocol,
+        "declared_in_advance": declared,
+        "complete": complete,
+        "decision": decision,
+        "split_sizes": split["sizes"],
+        "duplicates_dropped": split["duplicates_dropped"],
+        "grid": grid_table,
+        "table": table,
+        "comparisons": comparisons,
+        "routing": routing,
+        "cost": cost_summary(costs),
+    }
+
+
+def chosen_lr(protocol: dict, head: str, runs: list[dict]) -> float | None:
+    training = protocol["training"]
+    grid = training["grid"].get(head, training["grid"]["default"])
+    scores = {}
+    for lr in grid["learning_rates"]:
+        found = [r for r in runs if r["head"] == head and r["learning_rate"] == lr and r["seed"] in training["tuning_seeds"]]  # fmt: skip
+        if len(found) < len(training["tuning_seeds"]):
+            return None
+        best = [r["best_validation"] for r in found]
+        scores[lr] = (statistics.mean(b["accuracy"] for b in best), -statistics.mean(b["bt_loss"] for b in best))
+    return max(scores, key=scores.get)
+
+
+def decide(primary: dict | None, margin: float) -> str:
+    """The declared decision rule, applied to the primary comparison."""
+    if primary is None or not primary["complete"]:
+        seeds = primary["seeds"] if primary else 0
+        return f"not decided yet: the primary comparison has {seeds} of the declared seeds (study incomplete)"
+    interval = f"{primary['diff']:+.1f} pp [{primary['ci_low']:+.1f}, {primary['ci_high']:+.1f}]"
+    if primary["ci_low"] > 0:
+        return f"AdaJudge beats the stock readout: {interval}, the 95 % interval above 0"
+    if primary["ci_high"] < 0:
+        return f"the stock readout beats AdaJudge: {interval}, the 95 % interval below 0"
+    if primary["equivalence_met"]:
+        return (f"equivalent within {margin:g} pp: {interval}; 90 % interval [{primary['ci90_low']:+.1f}, "
+                f"{primary['ci90_high']:+.1f}] inside the margin")  # fmt: skip
+    return (f"undecided at this size: {interval} includes 0 and the 90 % interval [{primary['ci90_low']:+.1f}, "
+            f"{primary['ci90_high']:+.1f}] is not inside ±{margin:g} pp")  # fmt: skip
+
+
+def cost_summary(costs: list[dict]) -> dict:
+    features = [c for c in costs if c["step"].startswith("features")]
+    runs = [c for c in costs if not c["step"].startswith("features")]
+    per_head: dict[str, list[float]] = {}
+    for c in runs:
+        per_head.setdefault(c["step"].split()[0], []).append(c["seconds"])
+    return {
+        "feature_minutes": sum(c["seconds"] for c in features) / 60,
+        "feature_tokens": sum(c.get("tokens", 0) for c in features),
+        "run_minutes": {h: sum(v) / 60 for h, v in per_head.items()},
+        "runs": {h: len(v) for h, v in per_head.items()},
+        "total_minutes": sum(c["seconds"] for c in costs) / 60,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------ report
+def summary_file(results: dict) -> dict:
+    """results/quality_summary.json: the protocol's verdict and every declared comparison (percentage points)."""
+    protocol = results["protocol"]
+    keep = ("a", "b", "scope", "family", "primary", "diff", "ci_low", "ci_high", "ci90_low", "ci90_high", "p_value",
+            "holm_p", "equivalence_met", "seeds", "pairs", "complete")  # fmt: skip
+    return {
+        "declared_in_advance": results["declared_in_advance"],
+        "protocol_file": "benchmarks/quality_protocol.yaml",
+        "protocol_sha256": protocol["sha256"],
+        "complete": results["complete"],
+        "decision": results["decision"],
         "protocol": {
-            "seeds": len({r["seed"] for r in results["runs"]}),
-            "same_loss_for_all_poolings": focal_for_all,
-            "epoch_selected_on_validation": all(r["best_epoch"] is not None for r in results["runs"]),
-            "train_pairs": settings["train_pairs"],
-            "backbone": settings["backbone"],
+            "seeds": len(protocol["training"]["seeds"]),
+            "tuning_seeds": protocol["training"]["tuning_seeds"],
+            "same_loss_for_all_poolings": True,
+            "epoch_and_learning_rate_selected_on_validation": True,
+            "split_sizes": results["split_sizes"],
+            "equivalence_margin_pp": protocol["analysis"]["equivalence_margin"],
+            "multiplicity": "Holm over the six secondary comparisons; per-source rows Holm within their own family",
+            "backbone": protocol["backbone"],
             "regime": "frozen",
         },
-        "comparisons": [{k: c[k] for k in ("a", "b", "scope", "diff", "ci_low", "ci_high", "seeds")} for c in results["comparisons"]],
-    }  # fmt: skip
+        "chosen_learning_rates": {h: t["learning_rate"] for h, t in results["table"].items()},
+        "heads": {
+            h: {"pooled": t["pooled"]["mean"], "std": t["pooled"]["std"], "seeds": t["seeds"]}
+            for h, t in results["table"].items()
+        },  # fmt: skip
+        "comparisons": [{k: c[k] for k in keep} for c in results["comparisons"]],
+        "routing": {
+            h: {k: r[k] for k in ("mean_pi", "pi_std_per_input", "mean_tv_to_mean_pi") if k in r}
+            | {
+                p: {
+                    k: r[p][k]
+                    for k in (
+                        "mutual_information_nats",
+                        "mi_ci_low",
+                        "mi_ci_high",
+                        "mi_permutation_null_95",
+                        "domain_dependent",
+                    )
+                }
+                for p in ("source", "rm_bench_domain")
+                if p in r
+            }
+            for h, r in results["routing"].items()
+        },  # fmt: skip
+        "cost": results["cost"],
+    }
 
 
 def write(results: dict, output_dir: Path) -> None:
@@ -437,79 +683,158 @@ def write(results: dict, output_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings, table = results["settings"], results["table"]
-    slim_runs = [{**r, "evals": {k: {f: v for f, v in e.items() if f != "correct"} for k, e in r["evals"].items()}}
-                 for r in results["runs"]]  # fmt: skip
-    (output_dir / "quality.json").write_text(json.dumps({**results, "runs": slim_runs}, indent=2))
-    (output_dir / "quality_summary.json").write_text(json.dumps(protocol_summary(results), indent=2) + "\n")
-    scopes = [s for s in next(iter(table.values())) if s not in ("best_epoch", "seeds")]
-    diff = {(c["b"], c["scope"]): c for c in results["comparisons"]}
-    main, ablation = variants(settings["blocks"])
-
-    def cell(name: str, scope: str) -> str:
-        text = f"{table[name][scope]['mean']:.1f} ± {table[name][scope]['std']:.1f}"
-        if (name, scope) in diff:
-            c = diff[(name, scope)]
-            on = f"; on the {c['seeds']} seeds both have" if c["seeds"] < len(seeds) else ""
-            text += f" ({-c['diff']:+.1f} [{-c['ci_high']:+.1f}, {-c['ci_low']:+.1f}]{on})"
-        return text
-
-    seeds = sorted({r["seed"] for r in results["runs"]})
+    protocol = results["protocol"]
+    (output_dir / "quality.json").write_text(json.dumps(results, indent=1) + "\n")
+    (output_dir / "quality_summary.json").write_text(json.dumps(summary_file(results), indent=2) + "\n")
+    table, sizes = results["table"], results["split_sizes"]
+    seeds = protocol["training"]["seeds"]
     lines = [
-        "# Quality at CPU scale (frozen SmolLM2-135M features), fair protocol",
+        "# Quality study 2: declared in advance (`benchmarks/quality_protocol.yaml`)",
         "",
-        f"Training pool per source after the validation carve: {settings['train_pairs']}; validation pairs "
-        f"{settings['validation_pairs']} (re-drawn per seed); held-out units {settings['held_out_units']}. Seeds "
-        f"{seeds}. At most {settings['epochs']} epochs, lr {settings['learning_rate']}, batch 16; validation checked "
-        f"{settings['evaluations_per_epoch']}x per epoch and the best check kept (accuracy, ties to BT loss). Focal "
-        "BT (gamma 2) for every pooling; the entropy floor only where there is a router.",
+        f"Declared in advance: **{results['declared_in_advance']}** (protocol sha256 {protocol['sha256'][:12]}, "
+        "committed before the first run). "
+        + (
+            "All declared runs are recorded."
+            if results["complete"]
+            else "**The study is not complete**: the tables "
+            "below hold the runs recorded so far; `python benchmarks/quality.py status` lists what is left."
+        ),
         "",
-        "Accuracy % (mean ± std over seeds); in brackets the difference variant − AdaJudge "
-        f"(K={settings['blocks']}, focal + floor) with its 95% hierarchical-bootstrap interval (seeds and pairs "
-        "resampled). `pooled` = every held-out pair of the training sources.",
+        f"**Decision (primary comparison, rule as declared)**: {results['decision']}.",
         "",
-        "| variant | " + " | ".join(scopes) + " | best epoch per seed |",
-        "|---|" + "---|" * (len(scopes) + 1),
+        f"Splits by conversation opening, exact duplicates dropped ({results['duplicates_dropped']}): train "
+        f"{sizes['train']}, validation {sizes['validation']}, held-out {sizes['held_out']}. Frozen "
+        f"{protocol['backbone']} features; focal BT for every head, the entropy floor where there are routing "
+        f"weights; learning rate x epochs chosen on validation (tuning seeds {protocol['training']['tuning_seeds']}); "
+        f"seeds {seeds}.",
+        "",
+        "## Heads (held-out accuracy %, mean ± std over seeds, at the learning rate chosen on validation)",
+        "",
+        "| head | lr | seeds | pooled | "
+        + " | ".join(protocol["analysis"]["descriptive"]["per_source"])
+        + " | best epoch per seed | best check is the last |",
+        "|---|---|---|---|" + "---|" * (len(protocol["analysis"]["descriptive"]["per_source"]) + 2),
     ]
-    for name in [n for n in main if n in table]:
-        note = " (identical run: floor never active)" if any(r.get("identical_to") for r in results["runs"] if r["variant"] == name) else ""  # fmt: skip
-        if len(table[name]["seeds"]) < len(seeds):
-            note += f" (only seeds {table[name]['seeds']}: its mean, std and differences are over those seeds)"
-        epochs = " / ".join(f"{e:.2f}" for e in table[name]["best_epoch"])
-        lines.append(f"| {name}{note} | " + " | ".join(cell(name, s) for s in scopes) + f" | {epochs} |")
-    lines += ["", "## Loss ablation (same protocol; pooled held-out accuracy %, mean ± std over seeds)", "",
-              "| pooling | plain BT | focal (gamma 2) | focal + entropy floor |", "|---|---|---|---|"]  # fmt: skip
-    for label, *names in ABLATION_ROWS:
-        cells = [cell(n, "pooled") if n in table else "–" for n in names]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "## Routing per seed (mean pi over last / mean / attention on each held-out set)", ""]
-    for name, per_eval in results["routing"].items():
-        for eval_name, r in per_eval.items():
-            per_seed = "; ".join(
-                f"s{s} ({', '.join(f'{v:.2f}' for v in pi)})" for s, pi in r["mean_pi_per_seed"].items()
-            )
-            spread = ", ".join(f"{m:.2f} ± {s:.2f}" for m, s in zip(r["mean_pi"], r["mean_pi_std_across_seeds"]))
-            below = max(r["entropy_below_floor_per_seed"].values())
-            lines.append(f"- {name}, {eval_name}: mean over seeds ({spread}); {per_seed}; per-response std of pi "
-                         f"{', '.join(f'{v:.3f}' for v in r['pi_std_per_response'])}; entropy below the floor for at "
-                         f"most {below:.0%} of responses in any seed")  # fmt: skip
-    lines += ["", f"Features {results['feature_seconds'] / 60:.1f} min, total {results['seconds'] / 60:.1f} min."]
-    history = output_dir / "quality-history.md"  # what earlier runs showed and what was decided after seeing them
-    if history.exists():
-        lines += ["", history.read_text().strip()]
+    for head, t in table.items():
+        scopes = ["pooled", *protocol["analysis"]["descriptive"]["per_source"]]
+        cells = " | ".join(f"{t[s]['mean']:.1f} ± {t[s]['std']:.1f}" for s in scopes)
+        epochs = " / ".join(f"{e:g}" for e in t["best_epoch"])
+        lines.append(f"| {head} | {t['learning_rate']:g} | {len(t['seeds'])} | {cells} | {epochs} | "
+                     f"{sum(t['last_check_is_best'])} of {len(t['seeds'])} |")  # fmt: skip
+    lines += [
+        "",
+        "## Comparisons (a − b, pp; 95 % hierarchical bootstrap, seeds and pairs; p two-sided; "
+        f"equivalence: 90 % interval inside ±{protocol['analysis']['equivalence_margin']:g})",
+        "",
+        "| family | a − b | scope | seeds | pairs | diff [95 %] | 90 % | p | Holm p | equivalent |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in results["comparisons"]:
+        name = f"**{c['a']} − {c['b']}**" if c["primary"] else f"{c['a']} − {c['b']}"
+        lines.append(
+            f"| {c['family']} | {name} | {c['scope']} | {c['seeds']} | {c['pairs']} | {c['diff']:+.1f} "
+            f"[{c['ci_low']:+.1f}, {c['ci_high']:+.1f}] | [{c['ci90_low']:+.1f}, {c['ci90_high']:+.1f}] | "
+            f"{c['p_value']:.4f} | {c['holm_p']:.4f} | {'yes' if c['equivalence_met'] else 'no'} |"
+        )
+    lines += ["", "## Learning-rate grid (best-check validation accuracy % on the tuning seeds; held-out shown, "
+              "never used to choose)", "", "| head | lr | validation (tuning seeds) | best epochs | held-out pooled |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for head, per_lr in results["grid"].items():
+        for lr, g in per_lr.items():
+            mark = " (chosen)" if table.get(head, {}).get("learning_rate") == float(lr) else ""
+            lines.append(f"| {head} | {float(lr):g}{mark} | "
+                         + " / ".join(f"{v:.1f}" for v in g["validation_accuracy_tuning_seeds"]) + " | "
+                         + " / ".join(f"{e:g}" for e in g["best_epochs"]) + " | "
+                         + " / ".join(f"{v:.1f}" for v in g["held_out_pooled_not_used_for_selection"]) + " |")  # fmt: skip
+    lines += ["", "## Routing (pi over last / mean / attention; held-out responses and the RM-Bench probe)", ""]
+    for head, r in results["routing"].items():
+        pis = lambda m: "; ".join(f"{k} ({', '.join(f'{v:.3f}' for v in pi)})" for k, pi in m.items())  # noqa: E731
+        lines.append(f"- **{head}** (seeds {r['seeds']}): mean pi ({', '.join(f'{v:.3f}' for v in r['mean_pi'])}); "
+                     f"per-input std ({', '.join(f'{v:.4f}' for v in r['pi_std_per_input'])}); mean total-variation "
+                     f"distance to the mean pi {r['mean_tv_to_mean_pi']:.4f}")  # fmt: skip
+        for probe in ("source", "rm_bench_domain"):
+            if probe in r:
+                p = r[probe]
+                lines.append(f"  - by {probe}: {pis(p['mean_pi'])}; I(domain; expert) {p['mutual_information_nats']:.2e} "
+                             f"nats [{p['mi_ci_low']:.2e}, {p['mi_ci_high']:.2e}] ({100 * p['mi_share_of_max']:.3f} % "
+                             "of its maximum), permutation null 95th pct "
+                             f"{p['mi_permutation_null_95']:.2e}: "
+                             f"{'domain-dependent' if p['domain_dependent'] else 'not shown to depend on the domain'}")  # fmt: skip
+    cost = results["cost"]
+    lines += ["", f"Cost so far: features {cost['feature_minutes']:.1f} min ({cost['feature_tokens']} tokens); runs "
+              + ", ".join(f"{h} {m:.1f} min ({cost['runs'][h]} runs)" for h, m in cost["run_minutes"].items())
+              + f"; total {cost['total_minutes']:.1f} min of the 2-core machine."]  # fmt: skip
     (output_dir / "quality.md").write_text("\n".join(lines) + "\n")
 
-    names = [n for n in list(main) + list(ablation) if n in table]
-    figure, axis = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
+    names = list(table)
+    figure, axis = plt.subplots(figsize=(7, 0.4 * len(names) + 1.2))
     for y, name in enumerate(names):
         values = table[name]["pooled"]["per_seed"]
-        axis.scatter(values, [y] * len(values), s=12, color="tab:red" if name == REFERENCE else "tab:gray")
+        axis.scatter(values, [y] * len(values), s=12, color="tab:red" if name == "adajudge" else "tab:gray")
         axis.errorbar(table[name]["pooled"]["mean"], y, xerr=table[name]["pooled"]["std"], fmt="|k", capsize=3)
     axis.set_yticks(range(len(names)), names, fontsize=7)
     axis.set_xlabel("pooled held-out accuracy % (dots: seeds; bar: mean ± std)")
     figure.tight_layout()
     figure.savefig(output_dir / "quality.png", dpi=120)
-    print("\n".join(lines))
+    plt.close(figure)
+    print("\n".join(lines), flush=True)
+
+
+def report(output_dir: Path, protocol_path: Path, smoke: bool = False) -> dict:
+    """Every figure from the files: the runs, the split, the costs and the protocol."""
+    protocol = load_protocol(protocol_path, smoke=smoke)
+    runs_path, costs_path = output_dir / "quality-runs.jsonl", output_dir / "quality-costs.jsonl"
+    runs = (
+        [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()] if runs_path.exists() else []
+    )
+    costs = [json.loads(line) for line in costs_path.read_text().splitlines() if line.strip()] if costs_path.exists() else []  # fmt: skip
+    split = json.loads((output_dir / "quality-split.json").read_text())
+    declared = declared_in_advance(protocol_path, protocol, runs) and not smoke
+    results = summarise(protocol, runs, split, costs, declared)
+    write(results, output_dir)
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", nargs="?", default="next", choices=("next", "status", "report"))
+    parser.add_argument("--protocol", default=str(PROTOCOL))
+    parser.add_argument("--minutes", type=float, default=0.0, help="keep taking steps while the next fits in these")
+    parser.add_argument("--backbone", help="override the protocol's backbone ('tiny': a tiny random one, smoke only)")
+    parser.add_argument("--smoke", action="store_true", help="small splits and short budgets, to prove every path")
+    parser.add_argument("--output-dir", help="default: benchmarks/results (a temporary folder with --smoke)")
+    args = parser.parse_args(argv)
+    if args.backbone == "tiny" and not args.smoke:
+        raise SystemExit("--backbone tiny is for smoke runs: add --smoke (its results never go to benchmarks/results)")
+    if args.output_dir is None:
+        args.output_dir = tempfile.mkdtemp(prefix="quality-smoke-") if args.smoke else str(RESULTS)
+    if args.command == "report":
+        return report(Path(args.output_dir), Path(args.protocol), args.smoke)
+    torch.set_num_threads(2)
+    study = Study(args)
+    start = time.perf_counter()
+    taken = 0
+    while True:
+        steps = study.plan(study.runs())
+        if args.command == "status" or not steps:
+            break
+        step = steps[0]
+        if step[0] == "train" and step[2] is None:
+            raise SystemExit(f"cannot plan {step}: its learning rate is not chosen yet (tuning runs missing)")
+        elapsed = (time.perf_counter() - start) / 60
+        if taken and elapsed + study.expected_minutes(step) > args.minutes:
+            break
+        study.step(step)
+        taken += 1
+        if step[0] == "features":
+            study._features = None
+    steps = study.plan(study.runs())
+    left = sum(study.expected_minutes(s) for s in steps)
+    print(f"{len(steps)} steps left, about {left:.0f} min: "
+          + ", ".join(" ".join(str(x) for x in s[1:]) for s in steps[:6]) + (" ..." if len(steps) > 6 else ""))  # fmt: skip
+    if study.missing_shards():
+        return None
+    return report(study.output_dir, Path(args.protocol), args.smoke)
 
 
 if __name__ == "__main__":
