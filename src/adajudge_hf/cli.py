@@ -18,7 +18,10 @@ from huggingface_hub.errors import HfHubHTTPError
 
 COMMANDS = {
     "train": ("adajudge_hf.train", "fine-tune a judge with TRL's RewardTrainer (LoRA or frozen backbone)"),
-    "evaluate": ("adajudge_hf.evaluation.cli", "score RM-Bench, JudgeBench or preference pairs with official metrics"),
+    "evaluate": (
+        "adajudge_hf.evaluation.cli",
+        "score RM-Bench, JudgeBench, RewardBench (2) or preference pairs, official metrics",
+    ),
     "push": ("adajudge_hf.hub.cli", "push a checkpoint folder with its model card to the Hugging Face Hub"),
     "demo": ("adajudge_hf.demo", "train, compare and package a real judge on the embedded default"),
     "serve": ("adajudge_hf.serve.cli", "serve a judge over HTTP to RL trainers (OpenRLHF, slime, verl, TRL)"),
