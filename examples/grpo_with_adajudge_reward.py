@@ -11,6 +11,7 @@ scores with explicit response masks.
     python examples/grpo_with_adajudge_reward.py --reward packed         # AdaJudgeReward: each prompt's G completions
                                                                           # scored as one packed row, same rewards
     python examples/grpo_with_adajudge_reward.py --reward http://127.0.0.1:5000   # a running `adajudge serve`
+                                          # (retried with backoff; ADAJUDGE_API_KEY for a server with --api-key)
 
 Plain-text (non-conversational) prompts have no assistant header: the judge then scores the whole text as response
 (with a warning). Use conversational prompts with a judge trained on chat data.

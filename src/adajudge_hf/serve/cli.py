@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--policy-tokenizer",
         default=None,
-        help="tokenizer (folder or repo id) whose chat template rendered the queries, when it differs from the "
-        "judge's: the conversation is recovered from the text and re-rendered with the judge's template",
+        help="tokenizer (folder or repo id) whose chat template rendered the queries, when it is neither the judge's "
+        "nor a known family (ChatML, Llama-3, Mistral, Gemma, Phi-3): its markers are used to recover conversations",
     )
     parser.add_argument(
         "--score-as-is",
