@@ -88,12 +88,16 @@ def grpo_groups(
 
 def grpo_items(tokenizer, num_prompts: int, group_size: int, max_prompt: int, max_response: int, seed: int,
                min_prompt: int = 0):  # fmt: skip
-    """The groups rendered as a policy with the judge's chat template sends them: [(query text, prompt text)]."""
+    """The groups as whole conversations rendered with the judge's chat template: [(query text, prompt text)]. The
+    server reads a query as the conversation it holds and scores the judge's rendering of it, so the naive server,
+    which scores the text as sent, gets the same tokens."""
     items = []
     groups = grpo_groups(tokenizer, num_prompts, group_size, max_prompt, max_response, seed, min_prompt)
     for messages, completions in groups:
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        items += [(prompt + completion + tokenizer.eos_token, prompt) for completion in completions]
+        for completion in completions:
+            turns = messages + [{"role": "assistant", "content": completion}]
+            items.append((tokenizer.apply_chat_template(turns, tokenize=False), prompt))
     return items
 
 
