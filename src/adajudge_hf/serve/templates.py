@@ -79,6 +79,17 @@ def _common_suffix(a: str, b: str) -> str:
     return a[len(a) - size :]
 
 
+def strip_trailing_specials(text: str, special_tokens: list[str]) -> str:
+    """`text` without the special tokens (EOS, padding, end of turn) at its end."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for token in special_tokens:
+            if text.endswith(token):
+                text, stripped = text[: -len(token)], True
+    return text
+
+
 def _split_probes(text: str, probes: tuple[str, ...]) -> list[str]:
     """The pieces of `text` around the probe contents, in order; a ValueError if a probe is missing."""
     pieces = []
@@ -173,15 +184,6 @@ class ChatTemplateParser:
         """What the parser recognises (two parsers with equal markers parse alike)."""
         return self.preamble, tuple(sorted(self.prefixes.items())), tuple(sorted(self.suffixes.items()))
 
-    def _strip_trailing_specials(self, text: str) -> str:
-        stripped = True
-        while stripped:
-            stripped = False
-            for token in self.special_tokens:
-                if text.endswith(token):
-                    text, stripped = text[: -len(token)], True
-        return text
-
     def _role_at(self, text: str, position: int) -> str | None:
         return next((r for r in ROLES if r in self.prefixes and text.startswith(self.prefixes[r], position)), None)
 
@@ -211,7 +213,7 @@ class ChatTemplateParser:
             first, position = self._leading_fragment(text)
             messages.append(first)
         while position < len(text):
-            if not self._strip_trailing_specials(text[position:]).strip():
+            if not strip_trailing_specials(text[position:], self.special_tokens).strip():
                 break  # only the template's tail, EOS or padding is left
             role = self._role_at(text, position)
             if role is None:
@@ -223,7 +225,9 @@ class ChatTemplateParser:
             position += len(self.prefixes[role])
             end = text.find(self.suffixes[role], position)
             if end == -1:  # the last turn, cut or ended by a bare end-of-turn token
-                messages.append({"role": role, "content": self._strip_trailing_specials(text[position:])})
+                messages.append(
+                    {"role": role, "content": strip_trailing_specials(text[position:], self.special_tokens)}
+                )
                 break
             messages.append({"role": role, "content": text[position:end]})
             position = end + len(self.suffixes[role])
@@ -331,31 +335,21 @@ class ItemEncoder:
             return None
         return self._fit(encoded.input_ids, encoded.prompt_length)
 
-    def _strip_trailing_specials(self, text: str) -> str:
-        stripped = True
-        while stripped:
-            stripped = False
-            for token in self._special_tokens:
-                if text.endswith(token):
-                    text, stripped = text[: -len(token)], True
-        return text
-
     def from_pair(self, prompt: str | Messages | None, response: str | Messages) -> tuple[EncodedExample, bool]:
         """A (prompt, response) as `score_responses` encodes it: messages through the judge's template, a templated
         prompt text + response recovered as a conversation, other text as a plain pair."""
         if isinstance(response, str) and not response.strip():
             raise ValueError("empty response")
         if isinstance(prompt, list) and isinstance(response, str):
-            response = self._strip_trailing_specials(response)  # slime keeps the EOS text; the template adds it
-        if isinstance(prompt, (str, type(None))) and isinstance(response, str) and self.recovers:
-            messages = self.conversation((prompt or "") + response)
-            if messages is not None and (encoded := self._from_messages(messages)) is not None:
+            response = strip_trailing_specials(
+                response, self._special_tokens
+            )  # slime keeps the EOS text; the template adds it
+        recoverable = self.recovers and isinstance(prompt, (str, type(None))) and isinstance(response, str)
+        if recoverable and (messages := self.conversation((prompt or "") + response)) is not None:
+            if (encoded := self._from_messages(messages)) is not None:
                 return encoded, False
-            scored_as_is = True
-        else:
-            scored_as_is = False
         encoded = encode_prompt_response(self.tokenizer, *align_formats(prompt, response))
-        return self._fit(encoded.input_ids, encoded.prompt_length), scored_as_is
+        return self._fit(encoded.input_ids, encoded.prompt_length), recoverable
 
     def from_query(self, query: str, prompt: str | None = None) -> tuple[EncodedExample, bool]:
         """An OpenRLHF query (prompt + response as the policy generated it) and, to help find the boundary, its
