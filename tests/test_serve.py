@@ -861,8 +861,10 @@ def test_bodies_and_item_counts_over_the_limits_get_413_before_parsing(judge, ch
     assert answers["within"].status_code == 200
 
 
-def test_serving_beyond_loopback_without_a_key_warns(tmp_path, caplog):
+def test_serving_beyond_loopback_without_a_key_warns(tmp_path, caplog, monkeypatch):
     from adajudge_hf.cli import main
+
+    monkeypatch.delenv("ADAJUDGE_API_KEY", raising=False)
 
     for host, key, warned in (("0.0.0.0", [], True), ("0.0.0.0", ["--api-key", "k"], False), ("127.0.0.1", [], False)):
         caplog.clear()
