@@ -13,8 +13,10 @@ pairs with its backbone in fp32 and in bf16: the distribution of |bf16 − fp32|
 
 import argparse
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,14 +44,29 @@ def run_demo(dtype: str, output_dir: Path, demo_args: list[str], timeout: int) -
     command = [sys.executable, "-m", "adajudge_hf.cli", "demo", *demo_args, "--output-dir", str(output_dir)]
     command += ["--dtype", str(DTYPES[dtype]).removeprefix("torch.")]
     began = time.perf_counter()
-    process = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, timeout=timeout)
+    process = subprocess.Popen(
+        ["/usr/bin/time", "-v", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group: a timeout stops the demo too, not only `time`
+    )  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # recorded as such: a run past the limit is a result too
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        return {"timed_out": True, "wall_s": timeout, "peak_rss_mb": None, "demo_seconds": None, "summary": None}
     wall = time.perf_counter() - began
-    (output_dir / "demo.log").write_text(process.stdout + process.stderr)
+    (output_dir / "demo.log").write_text(stdout + stderr)
     if process.returncode != 0:
         raise RuntimeError(f"demo in {dtype} failed ({process.returncode}): see {output_dir / 'demo.log'}")
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", process.stderr).group(1))
+    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1))
     summary = json.loads((output_dir / "summary.json").read_text())
-    return {"wall_s": wall, "peak_rss_mb": peak_kb / 1024, "demo_seconds": summary["seconds"], "summary": summary}
+    return {
+        "timed_out": False,
+        "wall_s": wall,
+        "peak_rss_mb": peak_kb / 1024,
+        "demo_seconds": summary["seconds"],
+        "summary": summary,
+    }
 
 
 def held_out_correct(output_dir: Path, judge_dir: str) -> torch.Tensor:
@@ -114,8 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
             run = run_demo(dtype, output_dir, args.demo_args, args.timeout)
             run.update(dtype=dtype, repeat=repeat, output_dir=str(output_dir))
             runs.append(run)
-            print(f"repeat {repeat} {dtype}: {run['wall_s']:.0f} s wall, peak {run['peak_rss_mb']:.0f} MB", flush=True)
-    first = {dtype: next(r for r in runs if r["dtype"] == dtype and r["repeat"] == 0) for dtype in args.dtypes}
+            print(f"repeat {repeat} {dtype}: {run['wall_s']:.0f} s wall, peak {run['peak_rss_mb']} MB", flush=True)
+    first = {r["dtype"]: r for r in runs if r["repeat"] == 0 and not r["timed_out"]}
     parity = {}
     if {"fp32", "bf16"} <= set(first):
         dirs = {dtype: Path(run["output_dir"]) for dtype, run in first.items()}
@@ -136,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         rewards = None
     for run in runs:
-        run["table"] = run.pop("summary")["table"]
+        summary = run.pop("summary")
+        run["table"] = summary["table"] if summary else None
     result = {
         "command": "python benchmarks/demo_timing.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "demo_command": "adajudge demo " + " ".join(args.demo_args) + " --dtype <float32|bfloat16>",
@@ -159,6 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
         "|---|---|---|---|---|",
     ]
     for run in runs:
+        if run["timed_out"]:
+            lines.append(f"| {run['repeat']} | {run['dtype']} | > {run['wall_s'] / 60:.0f} min (stopped) | – | – |")
+            continue
         lines.append(
             f"| {run['repeat']} | {run['dtype']} | {run['wall_s'] / 60:.1f} min | {run['peak_rss_mb']:,.0f} MB | "
             f"{run['demo_seconds'] / 60:.1f} min |"

@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -409,6 +410,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.serve_naive:
         return serve_naive(args.serve_naive, args.port, dtype)
     output_dir = args.output_dir or RESULTS / f"serving-{dtype}"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` stops the servers too (the finally below)
 
     from transformers import AutoTokenizer
 
