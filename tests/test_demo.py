@@ -98,7 +98,8 @@ def test_an_interrupted_demo_resumes_from_its_cached_features_and_push_accepts_i
     report = json.loads((output_dir / "eval" / "adajudge" / "pairs" / "metrics.json").read_text())
     assert report["judge"]["fingerprint"] == weights_fingerprint(weight_file_hashes(judge_dir))
     evaluations = read_evaluations(output_dir / "eval" / "adajudge")
-    with caplog.at_level("WARNING"):
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="adajudge_hf.hub.folders"):
         check_evaluations_match(evaluations, judge_dir, weight_file_hashes(judge_dir))
     assert not caplog.records  # no "does not record which weights it scored"
 

@@ -30,6 +30,7 @@ from adajudge_hf.hub import (
     render_card,
     render_family_card,
 )
+from adajudge_hf.modeling import REMOTE_CODE_FILES
 from adajudge_hf.testing import save_tiny_causal_lm
 
 
@@ -203,8 +204,7 @@ def test_push_full_form_to_a_new_branch_of_a_private_repo(hub, tmp_path, backbon
         "README.md",
         "config.json",
         "model.safetensors",
-        "configuration_adajudge.py",
-        "modeling_adajudge.py",
+        *REMOTE_CODE_FILES,
         "tokenizer.json",
         "tokenizer_config.json",
         "chat_template.jinja",
