@@ -358,7 +358,8 @@ class Study:
             if name not in features:
                 continue
             scored = score_features(model, features[name])
-            entry = {"rewards": scored["rewards"].tolist()}  # (G, N): held-out pairs (chosen, rejected); probe 3 + 3
+            # (G, N): held-out pairs (chosen, rejected), probe items 3 chosen + 3 rejected; 9 digits hold a float32
+            entry = {"rewards": [[float(f"{v:.9g}") for v in group] for group in scored["rewards"].tolist()]}
             if config.pooling == "adaptive":
                 entry["routing"] = [
                     [[round(v, 5) for v in pi] for pi in g] for g in scored["routing_weights"].tolist()
