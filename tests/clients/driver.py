@@ -2,8 +2,8 @@
 
 Started by `tests/clients/conftest.py` with `PYTHONPATH=.clients/<client>-<version>:.clients/deps` on top of the
 project's interpreter, so the client's own package (installed with `pip install --no-deps --target`) is the one
-imported. It reads one job per line on stdin (JSON) and answers one line per job on its original stdout; whatever
-the client prints or logs goes to stderr.
+imported. It reads one job per line (JSON) from the pipe `ADAJUDGE_JOBS_FD` names and answers one line per job on
+its original stdout; whatever the client prints or logs goes to stderr.
 
 What is called, unmodified, from the installed packages:
 
@@ -34,6 +34,7 @@ sets `timeout`; the retry counts and sleeps stay the clients' own.
 
 import asyncio
 import concurrent.futures
+import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.metadata
@@ -182,17 +183,25 @@ class _Engine:
         return SimpleNamespace(outputs=[output])
 
 
-def _replace_literal_timeout(module, name: str, timeout: float) -> None:
-    """Shorten the client's hard-coded timeout: `module.<name>` becomes a view of the same library whose
-    `requests.post` / `aiohttp.ClientTimeout` gets `timeout` instead of the literal."""
+@contextlib.contextmanager
+def literal_timeout(module, name: str, timeout: float | None):
+    """Within the block, the client's hard-coded timeout is `timeout`: `module.<name>` is a view of the same library
+    whose `requests.post` / `aiohttp.ClientTimeout` gets `timeout` in place of the literal. None: left alone."""
     library = getattr(module, name)
+    if timeout is None:
+        yield
+        return
     view = types.ModuleType(f"{library.__name__}-short-timeout")
     view.__dict__.update(library.__dict__)
     if name == "requests":
-        view.post = lambda *args, timeout_=None, **kwargs: library.post(*args, **{**kwargs, "timeout": timeout})
+        view.post = lambda *args, **kwargs: library.post(*args, **{**kwargs, "timeout": timeout})
     else:
         view.ClientTimeout = lambda **kwargs: library.ClientTimeout(**{**kwargs, "total": timeout})
     setattr(module, name, view)
+    try:
+        yield
+    finally:
+        setattr(module, name, library)
 
 
 def run_openrlhf_batch(job: dict) -> list[dict]:
@@ -202,8 +211,6 @@ def run_openrlhf_batch(job: dict) -> list[dict]:
     from openrlhf.utils import remote_rm_utils
     from openrlhf.utils.utils import remove_pad_token
 
-    if job.get("timeout"):
-        _replace_literal_timeout(remote_rm_utils, "requests", job["timeout"])
     tokenizer = load_tokenizer(job["tokenizer"])
     samples = job["samples"]
     prompts = [prompt_text(tokenizer, s) for s in samples]
@@ -240,7 +247,8 @@ def run_openrlhf_batch(job: dict) -> list[dict]:
     )
     model = remote_rm_utils.RemoteRewardModel.remote(SimpleNamespace(micro_rollout_batch_size=8), job["urls"])
     try:
-        rewards_info = _ray_get(model.get_rewards.remote(queries, prompts, labels))
+        with literal_timeout(remote_rm_utils, "requests", job.get("timeout")):
+            rewards_info = _ray_get(model.get_rewards.remote(queries, prompts, labels))
     except Exception as error:  # the released client gives up: in a run this stops training
         return [{"error": f"{type(error).__name__}: {error}", "query": q} for q in queries]
     experience_maker.update_samples_with_rewards(rewards_info, samples_list)
@@ -259,8 +267,6 @@ def run_openrlhf_agent(job: dict) -> list[dict]:
     """OpenRLHF 0.9.1-0.11.x: one `SingleTurnAgentExecutor.execute` per sample, all in flight at once."""
     from openrlhf.utils import agent
 
-    if job.get("timeout"):
-        _replace_literal_timeout(agent, "aiohttp", job["timeout"])
     tokenizer = load_tokenizer(job["tokenizer"])
     samples = job["samples"]
     prompts = [prompt_text(tokenizer, s) for s in samples]
@@ -277,7 +283,8 @@ def run_openrlhf_agent(job: dict) -> list[dict]:
             )
         )
 
-    outputs = asyncio.run(rollout())
+    with literal_timeout(agent, "aiohttp", job.get("timeout")):
+        outputs = asyncio.run(rollout())
     return [
         {
             "reward": output["reward"],
@@ -309,8 +316,8 @@ def run_verl(job: dict) -> list[dict]:
         }
     )
     worker.reward_router_address = job["router"]
-    worker.input_tokenizer = hf_tokenizer(job["tokenizer"])
-    worker.reward_model_tokenizer = hf_tokenizer(job["judge"])
+    worker.input_tokenizer = hf_tokenizer(job["tokenizer"], trust_remote_code=True)
+    worker.reward_model_tokenizer = hf_tokenizer(job["judge"], trust_remote_code=True)  # as `_init_reward_fn`
     tokenizer = worker.input_tokenizer
     samples, response_length, prompt_length = job["samples"], job["max_new_tokens"], job["prompt_max_len"]
     prompt_rows, response_rows, masks = [], [], []
@@ -402,7 +409,7 @@ def main() -> None:
     version = importlib.metadata.version(package) if package else None
     answers.write(json.dumps({"ready": True, "package": package, "version": version}) + "\n")
     answers.flush()
-    for line in sys.stdin:
+    for line in os.fdopen(int(os.environ["ADAJUDGE_JOBS_FD"])):
         job = json.loads(line)
         try:
             result = {"samples": RUNNERS[job["runner"]](job)}

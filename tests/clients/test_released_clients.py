@@ -47,10 +47,11 @@ OPENRLHF = [name for name in CLIENTS if name.startswith("openrlhf")]
 
 
 class Judge:
-    """A judge in memory (for the expected rewards) and saved as `adajudge serve` reads it."""
+    """A judge in memory (for the expected rewards), saved as `adajudge serve` reads it, and the folder of a policy
+    tokenizer with the judge's chat template (a policy model's own folder, not the judge's)."""
 
-    def __init__(self, model, tokenizer, folder):
-        self.model, self.tokenizer, self.folder = model, tokenizer, folder
+    def __init__(self, model, tokenizer, folder, policy_folder):
+        self.model, self.tokenizer, self.folder, self.policy_folder = model, tokenizer, folder, policy_folder
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +72,7 @@ def tiny_judge(workdir) -> Judge:
     )
     model = randomize_head(model.eval())
     folder = save_judge(model, workdir / "tiny-judge", form="full", tokenizer=tokenizer)
-    return Judge(model, tokenizer, folder)
+    return Judge(model, tokenizer, folder, policy_folder=backbone)
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +88,7 @@ def smollm2_judge(workdir) -> Judge:
     model = AdaJudgeForRewardModeling.from_backbone(backbone, tokenizer=tokenizer, dtype=torch.float32)
     model = randomize_head(model.eval())
     folder = save_judge(model, workdir / "smollm2-judge", form="heads", tokenizer=tokenizer)
-    return Judge(model, tokenizer, folder)
+    return Judge(model, tokenizer, folder, policy_folder=backbone)
 
 
 @pytest.fixture(scope="session")
@@ -138,15 +139,16 @@ def clients(workdir):
         process.close()
 
 
-def job(name: str, servers: list[Server], policy_folder, samples, judge: Judge, **extra) -> dict:
-    """A rollout for client `name`: where it posts (as that client is configured) and what it generated."""
+def job(name: str, urls: list[str], policy_folder, samples, judge: Judge, **extra) -> dict:
+    """A rollout for client `name`: where it posts (the servers' base URLs, as that client is configured with them)
+    and what it generated."""
     runner = CLIENTS[name].runner
     if runner.startswith("openrlhf"):
-        where = {"urls": [f"{s.url}/get_reward" for s in servers]}
+        where = {"urls": [f"{url}/get_reward" for url in urls]}
     elif runner == "slime":
-        where = {"urls": [f"{servers[0].url}/score"]}
+        where = {"urls": [f"{urls[0]}/score"]}
     else:  # verl's reward router address, host:port
-        where = {"router": servers[0].url.removeprefix("http://"), "judge": str(judge.folder)}
+        where = {"router": urls[0].removeprefix("http://"), "judge": str(judge.folder)}
     return {
         **where,
         "tokenizer": str(policy_folder),
@@ -156,13 +158,6 @@ def job(name: str, servers: list[Server], policy_folder, samples, judge: Judge, 
         "max_length": 2048,
         **extra,
     }
-
-
-def with_urls(job_: dict, urls: list[str], name: str) -> dict:
-    if CLIENTS[name].runner == "verl":
-        return {**job_, "router": urls[0].removeprefix("http://")}
-    suffix = "/score" if CLIENTS[name].runner == "slime" else "/get_reward"
-    return {**job_, "urls": [url + suffix for url in urls]}
 
 
 def test_the_samples_hold_ended_and_cut_responses():
@@ -178,7 +173,7 @@ def test_the_samples_hold_ended_and_cut_responses():
 @pytest.mark.parametrize("name", ALL_CLIENTS)
 def test_policy_template_equal_to_the_judges(name, clients, servers, tiny_judge):
     client = clients(name)
-    results = client.run(job(name, [servers("tiny")], tiny_judge.folder, SAMPLES, tiny_judge))
+    results = client.run(job(name, [servers("tiny").url], tiny_judge.policy_folder, SAMPLES, tiny_judge))
     expected = expected_rewards(tiny_judge.model, tiny_judge.tokenizer, tiny_judge.tokenizer, SAMPLES, MAX_NEW_TOKENS)
     assert_rewards_equal(results, expected, client)
 
@@ -190,7 +185,7 @@ def test_llama3_policy_chatml_judge(name, server, clients, servers, tiny_judge, 
     policy, policy_folder = llama3_policy
     served = servers("tiny" if server == "known family" else "tiny-policy-flag")
     client = clients(name)
-    results = client.run(job(name, [served], policy_folder, SAMPLES, tiny_judge))
+    results = client.run(job(name, [served.url], policy_folder, SAMPLES, tiny_judge))
     expected = expected_rewards(tiny_judge.model, tiny_judge.tokenizer, policy, SAMPLES, MAX_NEW_TOKENS)
     assert_rewards_equal(results, expected, client)
 
@@ -200,10 +195,10 @@ def test_llama3_policy_chatml_judge(name, server, clients, servers, tiny_judge, 
 def test_three_urls(name, batch, clients, servers, tiny_judge):
     """`--reward.remote_url a,b,c`: 0.9 splits the batch (a part can be empty), 0.9.1-0.11.0 post the one sample to
     the first URL and empty lists to the others, 0.11.2 rotates."""
-    urls = [servers(n) for n in ("tiny", "tiny-2", "tiny-3")]
+    urls = [servers(n).url for n in ("tiny", "tiny-2", "tiny-3")]
     client = clients(name)
     samples = SAMPLES[:batch]
-    results = client.run(job(name, urls, tiny_judge.folder, samples, tiny_judge))
+    results = client.run(job(name, urls, tiny_judge.policy_folder, samples, tiny_judge))
     expected = expected_rewards(tiny_judge.model, tiny_judge.tokenizer, tiny_judge.tokenizer, samples, MAX_NEW_TOKENS)
     assert_rewards_equal(results, expected, client)
 
@@ -222,7 +217,14 @@ def test_prompt_cut_by_the_client(name, clients, servers, tiny_judge):
     client = clients(name)
     for kept, samples in ((full - system, [at_boundary]), (full - system + 3, [SAMPLES[3]])):
         results = client.run(
-            job(name, [servers("tiny")], tiny_judge.folder, samples, tiny_judge, max_length=kept + MAX_NEW_TOKENS)
+            job(
+                name,
+                [servers("tiny").url],
+                tiny_judge.policy_folder,
+                samples,
+                tiny_judge,
+                max_length=kept + MAX_NEW_TOKENS,
+            )
         )
         assert not results[0]["query"].startswith("<|im_start|>system"), results[0]["query"]  # the client cut it
         if "scored_messages" in samples[0]:
@@ -240,7 +242,7 @@ def test_more_items_than_the_servers_queue(name, clients, servers, tiny_judge):
     requests (the others) that fills the queue; every sample gets its reward."""
     samples = [dict(sample, label=str(i)) for i, sample in enumerate(SAMPLES * 2)]
     client = clients(name)
-    results = client.run(job(name, [servers("tiny-small-queue")], tiny_judge.folder, samples, tiny_judge))
+    results = client.run(job(name, [servers("tiny-small-queue").url], tiny_judge.policy_folder, samples, tiny_judge))
     expected = expected_rewards(tiny_judge.model, tiny_judge.tokenizer, tiny_judge.tokenizer, samples, MAX_NEW_TOKENS)
     assert_rewards_equal(results, expected, client)
 
@@ -252,7 +254,7 @@ def test_server_down_then_up(name, clients, servers, tiny_judge):
     relay = LateRelay(servers("tiny").port, opens_after=1.5)
     try:
         client = clients(name)
-        results = client.run(with_urls(job(name, [], tiny_judge.folder, SAMPLES, tiny_judge), [relay.url], name))
+        results = client.run(job(name, [relay.url], tiny_judge.policy_folder, SAMPLES, tiny_judge))
     finally:
         relay.close()
     expected = expected_rewards(tiny_judge.model, tiny_judge.tokenizer, tiny_judge.tokenizer, SAMPLES, MAX_NEW_TOKENS)
@@ -261,12 +263,12 @@ def test_server_down_then_up(name, clients, servers, tiny_judge):
 
 @pytest.mark.parametrize("name", ALL_CLIENTS)
 def test_server_slower_than_the_client_timeout(name, clients, servers, tiny_judge):
-    """The server stalls (SIGSTOP) for longer than the client's timeout (1 s where the client has one; verl waits
+    """The server stalls (SIGSTOP) for longer than the client's timeout (2 s where the client has one; verl waits
     without one): the client's retries get every reward, and the server scores what came in while it stalled."""
     server = servers("tiny")
     client = clients(name)
-    rollout = job(name, [server], tiny_judge.folder, SAMPLES, tiny_judge, timeout=1.0)
-    resume = server.paused(2.5)
+    rollout = job(name, [server.url], tiny_judge.policy_folder, SAMPLES, tiny_judge, timeout=2.0)
+    resume = server.paused(3.0)
     try:
         results = client.run(rollout)
     finally:
@@ -275,22 +277,29 @@ def test_server_slower_than_the_client_timeout(name, clients, servers, tiny_judg
     assert_rewards_equal(results, expected, client)
 
 
+@pytest.fixture(scope="session")
+def smollm2_expected(smollm2_judge):
+    judge = smollm2_judge
+    return expected_rewards(judge.model, judge.tokenizer, judge.tokenizer, SAMPLES, MAX_NEW_TOKENS)
+
+
+@pytest.mark.slow  # a 135M backbone: seconds per rollout on a CPU (`make test-clients` runs it)
 @pytest.mark.parametrize("name", ALL_CLIENTS)
-def test_smollm2_judge(name, clients, servers, smollm2_judge):
+def test_smollm2_judge(name, clients, servers, smollm2_judge, smollm2_expected):
     """A SmolLM2-135M judge, its own tokenizer as the policy's."""
     client = clients(name)
     server = servers("smollm2", smollm2_judge)
-    results = client.run(job(name, [server], smollm2_judge.folder, SAMPLES, smollm2_judge))
-    judge = smollm2_judge
-    expected = expected_rewards(judge.model, judge.tokenizer, judge.tokenizer, SAMPLES, MAX_NEW_TOKENS)
-    assert_rewards_equal(results, expected, client)
+    results = client.run(job(name, [server.url], smollm2_judge.policy_folder, SAMPLES, smollm2_judge))
+    assert_rewards_equal(results, smollm2_expected, client)
 
 
 def test_one_url_many_replicas(clients, servers, tiny_judge):
     """OpenRLHF 0.11.0 sends everything to its first URL: one server with `--device cpu,cpu` behind it."""
     client = clients("openrlhf-0.11.0")
     samples = SAMPLES * 2
-    results = client.run(job("openrlhf-0.11.0", [servers("tiny-replicas")], tiny_judge.folder, samples, tiny_judge))
+    results = client.run(
+        job("openrlhf-0.11.0", [servers("tiny-replicas").url], tiny_judge.policy_folder, samples, tiny_judge)
+    )
     expected = expected_rewards(tiny_judge.model, tiny_judge.tokenizer, tiny_judge.tokenizer, samples, MAX_NEW_TOKENS)
     assert_rewards_equal(results, expected, client)
 
@@ -300,7 +309,7 @@ def test_extra_logs_cannot_hide_the_clients_own_metrics(name, clients, servers, 
     """OpenRLHF merges `extra_logs` into its per-sample metrics next to its own (`truncated`, `reward`, ...): every
     key the judge adds is under `judge/`, with pi per expert, alpha per depth candidate and the truncation flag."""
     client = clients(name)
-    results = client.run(job(name, [servers("tiny")], tiny_judge.folder, SAMPLES, tiny_judge))
+    results = client.run(job(name, [servers("tiny").url], tiny_judge.policy_folder, SAMPLES, tiny_judge))
     answer = [{"role": "assistant", "content": "Paris."}]
     experts = score_responses(tiny_judge.model, tiny_judge.tokenizer, [FRANCE], [answer], show_progress=False).experts
     for result in results:
@@ -330,7 +339,7 @@ def test_a_query_no_template_recognises_is_scored_as_is_and_counted(name, client
     before = _counter(server.metrics(), "as_is")
     client = clients(name)
     samples = [{**SAMPLES[0], "prompt_text": "Question: what is the capital of France?\nAnswer:"}]
-    results = client.run(job(name, [server], tiny_judge.folder, samples, tiny_judge))
+    results = client.run(job(name, [server.url], tiny_judge.policy_folder, samples, tiny_judge))
     reward = rewards_of(results)[0]
     assert isinstance(reward, float), (results, client.tail())
     assert results[0]["extra_logs"]["judge/scored_as_is"] in ([1.0], 1.0, [[1.0]]), results[0]["extra_logs"]
@@ -341,7 +350,9 @@ def test_slime_needs_its_reward_key(clients, servers, tiny_judge):
     """slime keeps the whole `/score` answer as the reward unless run with `--reward-key reward`: the answer is a JSON
     object whose `reward` is the float slime trains on."""
     client = clients("slime-reproduction")
-    results = client.run(job("slime-reproduction", [servers("tiny")], tiny_judge.folder, SAMPLES[:1], tiny_judge))
+    results = client.run(
+        job("slime-reproduction", [servers("tiny").url], tiny_judge.policy_folder, SAMPLES[:1], tiny_judge)
+    )
     answer = results[0]["answer"]
     assert isinstance(answer, dict) and isinstance(answer["reward"], float)
 
@@ -350,6 +361,8 @@ def test_slime_needs_its_reward_key(clients, servers, tiny_judge):
 def test_slime_message_list_prompt(name, clients, servers, tiny_judge):
     """slime can post the prompt as its message list, with the response text still ending in the EOS text."""
     client = clients(name)
-    results = client.run(job(name, [servers("tiny")], tiny_judge.folder, SAMPLES, tiny_judge, messages_prompt=True))
+    results = client.run(
+        job(name, [servers("tiny").url], tiny_judge.policy_folder, SAMPLES, tiny_judge, messages_prompt=True)
+    )
     expected = expected_rewards(tiny_judge.model, tiny_judge.tokenizer, tiny_judge.tokenizer, SAMPLES, MAX_NEW_TOKENS)
     assert_rewards_equal(results, expected, client)
