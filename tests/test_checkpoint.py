@@ -223,3 +223,11 @@ def test_a_failed_save_into_a_trainer_folder_changes_nothing(backbone_dir, tmp_p
         save_judge(new_judge(backbone_dir, lora=True), folder, form="adapter", keep_other_files=True)
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
     assert not list(tmp_path.glob(".run.*"))
+
+
+def test_a_bare_peft_checkpoint_is_refused_saying_what_it_is_and_how_to_open_it(backbone_dir, tmp_path):
+    """Trainer's stock PEFT checkpoint (an older version's `checkpoint-N/`): no judge config.json beside the adapter."""
+    new_judge(backbone_dir, lora=True).save_pretrained(tmp_path / "checkpoint-12")
+    with pytest.raises(ValueError, match=r"is a bare PEFT adapter without the judge's config.json .* Open it with "
+                                         r"`PeftModel.from_pretrained\(AdaJudgeForRewardModeling.from_backbone"):  # fmt: skip
+        load_judge(tmp_path / "checkpoint-12")

@@ -280,6 +280,13 @@ def adapter_config_for_repo(folder: str | os.PathLike, repo_id: str) -> bytes:
 def detect_judge_form(path: str | os.PathLike) -> str:
     """The save form of a local judge folder: `"adapter"`, `"heads"` or `"full"`; a `ValueError` if it is none."""
     path = Path(path)
+    if not (path / "config.json").is_file() and (path / ADAPTER_CONFIG_FILE).is_file():
+        raise ValueError(
+            f"{path} is a bare PEFT adapter without the judge's config.json (a LoRA checkpoint of an older "
+            "adajudge-hf, where transformers would load the backbone with a random score head). Open it with "
+            "`PeftModel.from_pretrained(AdaJudgeForRewardModeling.from_backbone(<backbone>, **<judge fields of the run's "
+            "judge/config.json>), path)`; checkpoints written by this version are judge folders."
+        )
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} is not a saved AdaJudge judge: it has no config.json.")
     model_type = AdaJudgeConfig.get_config_dict(str(path))[0].get("model_type")
