@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from .batching import item_scores
 from .tokenization import encode_prompt_response, truncate_shared_prompt
 
 
@@ -125,7 +126,7 @@ def score_packed_ids(
     rows.append(current)
 
     device = next(model.parameters()).device
-    outputs = {"rewards": [], "routing_weights": [], "depth_weights": []}
+    scores = []
     for row in tqdm(rows, desc="best-of-n", disable=not show_progress):
         input_ids, segment_ids = pack_responses(prompt_ids, row)
         inputs = {"input_ids": torch.tensor([input_ids], device=device)}
@@ -133,9 +134,11 @@ def score_packed_ids(
             inputs["segment_ids"] = torch.tensor([segment_ids], device=device)
         else:
             inputs["prompt_lengths"] = torch.tensor([len(prompt_ids)], device=device)
-        output = model(**inputs)
-        outputs["rewards"].append(output.logits[:, 0].float().cpu())
-        for key in ("routing_weights", "depth_weights"):
-            value = getattr(output, key, None)
-            outputs[key].append(None if value is None else value.float().cpu())
-    return {key: None if None in values else torch.cat(values) for key, values in outputs.items()}
+        scores += item_scores(model(**inputs))  # one row: its responses in order
+    columns = {"rewards": "reward", "routing_weights": "routing_weights", "depth_weights": "depth_weights"}
+    return {
+        key: None
+        if any(getattr(s, name) is None for s in scores)
+        else torch.tensor([getattr(s, name) for s in scores])
+        for key, name in columns.items()
+    }
