@@ -937,3 +937,18 @@ def test_a_judge_whose_bos_is_its_turn_header_gets_verl_texts_right():
     close([d["probs"][0] for d in classify.json()["data"]], expected)
     close(openrlhf.json()["rewards"], expected)
     assert openrlhf.json()["extra_logs"]["judge/scored_as_is"] == [0.0] * len(built)
+
+
+def test_a_burst_of_256_one_item_requests_is_never_refused_by_default(judge, chatml):
+    """OpenRLHF 0.11 posts one sample per coroutine and does not read Retry-After: the default queue takes the burst."""
+    prompts, responses = conversations()
+    queries = [render(chatml, p, r) for p, r in zip(prompts, responses)] * 20  # 280 requests
+    expected = score_responses(judge, chatml, prompts, responses, show_progress=False).rewards.repeat(20)
+
+    async def run():
+        async with asgi_client(serve(judge, chatml)) as client:
+            return await asyncio.gather(*(client.post("/get_reward", json={"query": [q]}) for q in queries))
+
+    answers = asyncio.run(run())
+    assert [answer.status_code for answer in answers] == [200] * len(queries)
+    close([answer.json()["rewards"][0] for answer in answers], expected)
