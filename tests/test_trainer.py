@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from trl import RewardConfig, RewardTrainer
 
 from adajudge_hf import AdaJudgeForRewardModeling
-from adajudge_hf.checkpoint import load_judge, save_judge
+from adajudge_hf.checkpoint import detect_judge_form, load_judge, save_judge
 from adajudge_hf.lora import BACKBONE_TARGET_MODULES, adajudge_lora_config
 from adajudge_hf.testing import make_tiny_judge, save_tiny_causal_lm
 from adajudge_hf.trainer import AdaJudgeRewardConfig, AdaJudgeRewardTrainer, NonFiniteLossError
@@ -426,6 +426,37 @@ def test_checkpoints_that_would_not_know_their_backbone_are_refused_before_the_f
         train_dataset=synthetic_pairs(4), processing_class=tiny_tokenizer,
     )  # fmt: skip
     assert (trainer.checkpoint_form, trainer.judge_save_form) == ("full", "full")
+
+
+def test_checkpoints_of_a_judge_trained_on_from_a_saved_judge_hold_its_backbone(tiny_tokenizer, tmp_path):
+    """Continuing from a full judge (its backbone fine-tuned): heads checkpoints name that folder, not the original
+    backbone; from an adapter judge (LoRA merged into the backbone) a frozen backbone is saved in full and new LoRA
+    checkpoints are refused, since no folder holds the merged backbone."""
+    from conftest import with_random_lora
+
+    judge = judge_on_backbone(tmp_path / "backbone")
+    with torch.no_grad():
+        for parameter in judge.model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)  # as after full fine-tuning
+    full = save_judge(judge, tmp_path / "full", form="full", tokenizer=tiny_tokenizer)
+    args = make_args(tmp_path / "out", freeze_backbone=True, save_strategy="steps", save_steps=1, max_steps=1)
+    trainer = AdaJudgeRewardTrainer(str(full), args, train_dataset=synthetic_pairs(4))
+    trainer.train()
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+    assert detect_judge_form(checkpoint) == "heads"
+    ids, lengths = torch.tensor([[5, 6, 7, 8, 9, 10]]), torch.tensor([2])
+    with torch.no_grad():
+        expected = trainer.model.eval()(input_ids=ids, prompt_lengths=lengths).logits
+        torch.testing.assert_close(load_judge(checkpoint)(input_ids=ids, prompt_lengths=lengths).logits, expected)
+
+    adapter = save_judge(with_random_lora(judge_on_backbone(tmp_path / "backbone")), tmp_path / "adapter",
+                         form="adapter", tokenizer=tiny_tokenizer)  # fmt: skip
+    frozen = AdaJudgeRewardTrainer(str(adapter), make_args(tmp_path / "o2", freeze_backbone=True,
+                                   save_strategy="steps"), train_dataset=synthetic_pairs(4))  # fmt: skip
+    assert (frozen.checkpoint_form, frozen.judge_save_form) == ("full", "full")
+    with pytest.raises(ValueError, match="merged in, so the adapter form of its checkpoints cannot name a folder"):
+        AdaJudgeRewardTrainer(str(adapter), make_args(tmp_path / "o3", save_strategy="steps"),
+                              train_dataset=synthetic_pairs(4), peft_config=LoraConfig(r=4))  # fmt: skip
 
 
 def test_model_given_by_name_is_built_or_loaded(tiny_tokenizer, tmp_path):

@@ -244,6 +244,21 @@ def judge_save_form(save_form: str | None, lora: bool, freeze_backbone: bool, cl
     return save_form or ("adapter" if lora else "heads" if freeze_backbone else "full")
 
 
+def judge_backbone_folder(model_id: str) -> str | None:
+    """The folder whose backbone weights a judge loaded from `model_id` has, where it is not the backbone recorded in
+    its config: the folder itself for a full judge, `MERGED` for an adapter judge (`load_judge` merges the LoRA into
+    the backbone, so no folder holds it). None for a backbone, a heads judge or a Hub id."""
+    if not os.path.isfile(os.path.join(model_id, "config.json")):
+        return None
+    if AdaJudgeConfig.get_config_dict(model_id)[0].get("model_type") != AdaJudgeConfig.model_type:
+        return None
+    form = detect_judge_form(model_id)
+    return os.path.abspath(model_id) if form == "full" else MERGED if form == "adapter" else None
+
+
+MERGED = "merged"
+
+
 def _judge_of(model: AdaJudgeForRewardModeling | PeftModel) -> AdaJudgeForRewardModeling:
     judge = model.get_base_model() if isinstance(model, PeftModel) else model
     if not isinstance(judge, AdaJudgeForRewardModeling):
@@ -313,6 +328,9 @@ class AdaJudgeRewardTrainer(RewardTrainer):
         self._saving_checkpoint = False
         model_init_kwargs = args.model_init_kwargs
         built_here = isinstance(model, str)
+        # Where the backbone's weights, as this judge holds them, are: a full judge's own folder, not the backbone
+        # recorded for its card; a merged adapter judge's are in no folder. The adapter and heads forms name it.
+        self._backbone_folder = judge_backbone_folder(model) if built_here else None
         if built_here:
             model = self._load_model(model, args, processing_class, quantization_config)
             quantization_config = None
@@ -335,7 +353,7 @@ class AdaJudgeRewardTrainer(RewardTrainer):
             )
 
         self.judge_save_form, self.checkpoint_form = self._save_forms(
-            args, judge, lora=peft_config is not None or isinstance(model, PeftModel)
+            args, judge, lora=peft_config is not None or isinstance(model, PeftModel), backbone=self._backbone_folder
         )
 
         # The objective: explicit config values win and are recorded on the model; the rest come from the model.
@@ -395,12 +413,15 @@ class AdaJudgeRewardTrainer(RewardTrainer):
             self._depth_names = [str(k) for k in range(first, judge.config.num_refinement_blocks + 1)]
 
     @staticmethod
-    def _save_forms(args: AdaJudgeRewardConfig, judge: AdaJudgeForRewardModeling, lora: bool) -> tuple[str, str]:
+    def _save_forms(
+        args: AdaJudgeRewardConfig, judge: AdaJudgeForRewardModeling, lora: bool, backbone: str | None = None
+    ) -> tuple[str, str]:
         """(form of `save_model`, form of each checkpoint), checked before the first step. The adapter and heads forms
-        name the backbone; without one (a judge built from a config) a frozen backbone is saved in full."""
+        name the backbone; where no folder holds it (a judge built from a config, or with merged adapters) a frozen
+        backbone is saved in full."""
         final = judge_save_form(args.save_form, lora, args.freeze_backbone)
         checkpoint = judge_save_form(None, lora, args.freeze_backbone)
-        if judge_backbone(judge) is not None:
+        if judge_backbone(judge) is not None and backbone != MERGED:
             return final, checkpoint
         if not lora:
             checkpoint, final = "full", args.save_form or "full"
@@ -411,6 +432,12 @@ class AdaJudgeRewardTrainer(RewardTrainer):
             missing = "adapter form of its checkpoints"
         elif lora and args.save_form == "adapter":
             missing = "adapter form"
+        if missing and backbone == MERGED:
+            raise ValueError(
+                f"This judge's backbone has the LoRA adapters of {judge.name_or_path} merged in, so the {missing} "
+                "cannot name a folder that holds it. Save that judge in full first (`adajudge_hf.save_judge(load_judge"
+                "(folder), new_folder, form='full')`) and train from the new folder."
+            )
         if missing:
             raise ValueError(
                 f"This judge was built from a config, so the backbone that the {missing} must name is unknown. Set "
@@ -613,7 +640,9 @@ class AdaJudgeRewardTrainer(RewardTrainer):
         form = self.judge_save_form if form is None else form
         model = self._model_to_save()
         if model is not None:
-            save_judge(model, output_dir, form=form, tokenizer=self.processing_class, overwrite=True)
+            save_judge(
+                model, output_dir, form=form, tokenizer=self.processing_class, overwrite=True, **self._base(form)
+            )
 
     def _model_to_save(self, state_dict: dict | None = None) -> AdaJudgeForRewardModeling | PeftModel | None:
         """The trained model, whole, on the saving process (None elsewhere). A sharded model (FSDP, DeepSpeed) is
@@ -650,7 +679,20 @@ class AdaJudgeRewardTrainer(RewardTrainer):
         if model is not None:
             form = self.checkpoint_form if self._saving_checkpoint else self.judge_save_form
             output_dir = output_dir or self.args.output_dir
-            save_judge(model, output_dir, form=form, tokenizer=self.processing_class, keep_other_files=True)
+            save_judge(
+                model,
+                output_dir,
+                form=form,
+                tokenizer=self.processing_class,
+                keep_other_files=True,
+                **self._base(form),
+            )
+
+    def _base(self, form: str) -> dict:
+        """`save_judge`'s backbone for `form`: the full judge folder this judge's backbone comes from, if any."""
+        if form == "full" or self._backbone_folder in (None, MERGED):
+            return {}
+        return {"base_model_name_or_path": self._backbone_folder}
 
     def _load_split_judge(self, folder: str | None, model) -> bool:
         """Load a checkpoint in the adapter or heads form into `model`; False for any other folder, and under FSDP /
