@@ -18,7 +18,9 @@ import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 from huggingface_hub.utils import validate_repo_id
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
+
+from .compat import load_gguf_tokenizer
 
 
 logger = logging.getLogger(__name__)
@@ -143,7 +145,7 @@ def convert_gguf_to_hf(gguf_path: str | Path, output_dir: str | Path, pad_token:
     given, becomes the tokenizer's and the config's padding token: it must be in the vocabulary and differ from eos.
     """
     gguf_path, output_dir = Path(gguf_path), Path(output_dir)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    tokenizer = load_gguf_tokenizer(gguf_path)
     if pad_token is not None:
         if pad_token not in tokenizer.get_vocab() or pad_token == tokenizer.eos_token:
             raise ValueError(

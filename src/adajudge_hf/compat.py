@@ -1,0 +1,28 @@
+"""What differs between the library versions setup.cfg accepts, in one place.
+
+setup.cfg states ranges (transformers from 5.5.3, the floor of verl 0.9.1); `make test-min` runs the default suite
+at the lowest versions (`constraints/min.txt`) and `make test` at today's (`constraints/lock.txt`). Code elsewhere
+calls these helpers instead of testing versions itself.
+"""
+
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast
+from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+
+def load_gguf_tokenizer(gguf_path: str | Path) -> PreTrainedTokenizerFast:
+    """The tokenizer of a GGUF file, with the special tokens its metadata names.
+
+    transformers before 5.18 takes the BOS token for EOS when it converts a BPE (gpt2) GGUF vocabulary, and 5.5's
+    `AutoTokenizer` reads a llama GGUF as a `CodeLlamaTokenizer` that prepends a BOS the model never saw. The generic
+    fast class plus the metadata's token ids reads the file the same way on every supported version.
+    """
+    gguf_path = Path(gguf_path)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    token_ids = load_gguf_checkpoint(str(gguf_path), return_tensors=False)["tokenizer"]
+    for role in ("bos", "eos", "unk", "pad"):
+        token_id = token_ids.get(f"{role}_token_id")
+        if token_id is not None:
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
+    return tokenizer
