@@ -173,6 +173,9 @@ class Server:
     def metrics(self) -> str:
         return httpx.get(f"{self.url}/metrics", timeout=30).text
 
+    def metrics_with_key(self, key: str) -> str:
+        return httpx.get(f"{self.url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=30).text
+
     def paused(self, seconds: float) -> threading.Timer:
         """Stop the process now (it accepts connections but answers nothing) and let it go on after `seconds`."""
         self.process.send_signal(signal.SIGSTOP)
@@ -212,6 +215,8 @@ class LateRelay:
                 incoming, _ = self.listener.accept()
             except TimeoutError:
                 continue
+            except OSError:  # closed
+                return
             outgoing = socket.create_connection(("127.0.0.1", self.target_port))
             for source, sink in ((incoming, outgoing), (outgoing, incoming)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()

@@ -111,6 +111,7 @@ def servers(workdir, tiny_judge, llama3_policy):
         "tiny-policy-flag": ("--policy-tokenizer", str(llama3_policy[1])),
         "tiny-small-queue": ("--max-queue", "4", "--max-wait-ms", "20"),
         "tiny-replicas": ("--device", "cpu,cpu"),
+        "tiny-keyed": ("--api-key", "a-key-none-of-these-clients-can-send"),
     }
 
     def get(name: str, judge: Judge | None = None) -> Server:
@@ -172,6 +173,7 @@ def test_the_samples_hold_ended_and_cut_responses():
 
 @pytest.mark.parametrize("name", ALL_CLIENTS)
 def test_policy_template_equal_to_the_judges(name, clients, servers, tiny_judge):
+    """A ChatML policy, a ChatML judge, one URL: answers that ended at the EOS id and answers cut by max_tokens."""
     client = clients(name)
     results = client.run(job(name, [servers("tiny").url], tiny_judge.policy_folder, SAMPLES, tiny_judge))
     expected = expected_rewards(tiny_judge.model, tiny_judge.tokenizer, tiny_judge.tokenizer, SAMPLES, MAX_NEW_TOKENS)
@@ -321,6 +323,18 @@ def test_extra_logs_cannot_hide_the_clients_own_metrics(name, clients, servers, 
     if CLIENTS[name].runner == "openrlhf-agent":  # the client's own flag: the cut answers hit max_tokens
         finishes = [generated_ids(tiny_judge.tokenizer, s["response"], MAX_NEW_TOKENS)[1] for s in SAMPLES]
         assert [r["truncated"] for r in results] == [f == "length" for f in finishes]
+
+
+@pytest.mark.parametrize("name", ["openrlhf-0.11.2", "verl-0.9.1"])
+def test_a_server_with_an_api_key_refuses_clients_that_send_none(name, clients, servers, tiny_judge):
+    """None of the released clients can send an `Authorization` header: against `--api-key` they are refused (401),
+    never scored; OpenRLHF's sample gets no reward, verl (4xx: not retried) gives up."""
+    server = servers("tiny-keyed")
+    client = clients(name)
+    results = client.run(job(name, [server.url], tiny_judge.policy_folder, SAMPLES[:2], tiny_judge))
+    assert rewards_of(results) == [None, None], results
+    assert "401" in client.tail(), client.tail()
+    assert _counter(server.metrics_with_key("a-key-none-of-these-clients-can-send"), "adajudge_items_total") <= 1
 
 
 def _counter(metrics: str, fragment: str) -> float:
