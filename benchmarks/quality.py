@@ -692,8 +692,8 @@ def write(results: dict, output_dir: Path) -> None:
     lines = [
         "# Quality study 2: declared in advance (`benchmarks/quality_protocol.yaml`)",
         "",
-        f"Declared in advance: **{results['declared_in_advance']}** (protocol sha256 {protocol['sha256'][:12]}, "
-        "committed before the first run). "
+        f"Declared in advance: **{results['declared_in_advance']}** (protocol sha256 {protocol['sha256'][:12]}; true "
+        "when every run used it and it was committed, unchanged since, before the first run). "
         + (
             "All declared runs are recorded."
             if results["complete"]
