@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from transformers.utils import logging
 
 from adajudge_hf import AdaJudgeConfig, AdaJudgeForRewardModeling
+from adajudge_hf.compat import enable_activation_checkpointing
 from adajudge_hf.modeling import REMOTE_CODE_FILES, find_response_template
 from adajudge_hf.modeling.loading_adajudge import backbone_only_loading
 from adajudge_hf.modeling.modeling_adajudge import AdaJudgeHead, AdaJudgeLayout
@@ -265,7 +266,7 @@ def test_activation_checkpointing_gives_the_same_gradients(make_judge, tiny_toke
     for checkpointing in (False, True):
         model = randomize_head(make_judge(num_refinement_blocks=2)).train()
         if checkpointing:
-            model.activation_checkpointing_enable()
+            enable_activation_checkpointing(model)
             assert all(block.gradient_checkpointing for block in model.judge_head.refinement_blocks)
         model(
             input_ids=input_ids, attention_mask=attention_mask, prompt_lengths=prompt_lengths

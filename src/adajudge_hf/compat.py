@@ -5,10 +5,52 @@ at the lowest versions (`constraints/min.txt`) and `make test` at today's (`cons
 calls these helpers instead of testing versions itself.
 """
 
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedModel, PreTrainedTokenizerFast, TrainingArguments
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+
+# transformers 5.23 renamed gradient checkpointing to activation checkpointing (training argument and model method)
+# and kept the old names as deprecated aliases.
+HAS_ACTIVATION_CHECKPOINTING = any(arg.name == "activation_checkpointing" for arg in fields(TrainingArguments))
+
+if HAS_ACTIVATION_CHECKPOINTING:
+
+    @dataclass
+    class ActivationCheckpointingArguments:
+        """Nothing to add: `TrainingArguments` has `activation_checkpointing`."""
+
+else:
+
+    @dataclass
+    class ActivationCheckpointingArguments:
+        """`activation_checkpointing` where `TrainingArguments` knows only `gradient_checkpointing`: the two agree
+        after `__post_init__` (the one set wins), so code and CLI flags use the current name on every version."""
+
+        activation_checkpointing: bool | None = field(
+            default=None,
+            metadata={
+                "help": "Recompute activations in the backward pass instead of storing them.",
+                "nargs": "?",
+                "const": True,
+            },
+        )
+
+        def __post_init__(self):
+            if self.activation_checkpointing is None:
+                self.activation_checkpointing = bool(self.gradient_checkpointing)
+            self.gradient_checkpointing = self.activation_checkpointing
+            super().__post_init__()
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """`model.activation_checkpointing_enable()`, by the name the installed transformers uses."""
+    if HAS_ACTIVATION_CHECKPOINTING:
+        model.activation_checkpointing_enable()
+    else:
+        model.gradient_checkpointing_enable()
 
 
 def load_gguf_tokenizer(gguf_path: str | Path) -> PreTrainedTokenizerFast:

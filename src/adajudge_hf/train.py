@@ -211,7 +211,7 @@ def train(
         f"Judge saved to {judge_dir} ({trainer.judge_save_form}); load it with `adajudge_hf.load_judge`."
     )
     trainer.accelerator.wait_for_everyone()
-    trainer.end()
+    trainer.accelerator.end_training()  # what `Trainer.end()` does in transformers >= 5.19
     return trainer
 
 

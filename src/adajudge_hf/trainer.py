@@ -34,6 +34,7 @@ from .checkpoint import (
     load_judge_weights,
     save_judge,
 )
+from .compat import ActivationCheckpointingArguments
 from .data import STRENGTH, DataCollatorForAdaJudge, prepare_preference_dataset
 from .lora import HEAD_MODULE, adajudge_lora_config
 from .loss import STRENGTH_SCALINGS, adajudge_loss, preference_strength_scale, preference_strength_weights
@@ -56,7 +57,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 @dataclass
-class AdaJudgeRewardConfig(RewardConfig):
+class AdaJudgeRewardConfig(ActivationCheckpointingArguments, RewardConfig):
     r"""
     Configuration for [`AdaJudgeRewardTrainer`]: TRL's [`~trl.RewardConfig`] plus the AdaJudge objective.
 
