@@ -4,7 +4,8 @@ A `Benchmark` says everything that differs between benchmarks: how its data load
 scored and what a `rewards.jsonl` line holds, its official metric, how items group (for `--limit` and the routing
 report), its summary lines, and its model-card table and `model-index` entries. The CLI's `--benchmark` choices,
 `load_benchmark`, `report.evaluate_model` and `hub.cards` read it from here and hold no per-benchmark code, so adding a
-benchmark is one `register_benchmark(Benchmark(...))`.
+benchmark is one `register_benchmark(Benchmark(...))`: the entries below, or the test-only one of
+`tests/test_evaluation_cli.py::test_a_benchmark_registered_as_one_entry_runs_end_to_end`.
 """
 
 from collections.abc import Callable, Mapping, Sequence
