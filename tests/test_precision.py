@@ -364,3 +364,19 @@ def test_demo_computes_features_in_the_chosen_dtype_and_records_it(tmp_path):
     packaged = load_judge(output_dir / "judge")
     assert packaged.model.embed_tokens.weight.dtype == torch.bfloat16
     assert {p.dtype for p in packaged.judge_head.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
+def test_adajudge_reward_loads_a_folder_in_the_resolved_dtype(make_judge, tiny_tokenizer, tmp_path, dtype):
+    from adajudge_hf.serve import AdaJudgeReward
+
+    judge = randomize_head(make_judge(num_refinement_blocks=2))
+    save_judge(judge, tmp_path / "judge", form="full", tokenizer=tiny_tokenizer)
+    prompts = [[{"role": "user", "content": "2 + 2?"}]] * 2
+    completions = [[{"role": "assistant", "content": "4"}], [{"role": "assistant", "content": "5"}]]
+    expected = torch.tensor(AdaJudgeReward(judge, tiny_tokenizer)(prompts=prompts, completions=completions))
+    reward = AdaJudgeReward(tmp_path / "judge", dtype=dtype)
+    precision = resolve_dtype(dtype, "cpu")
+    assert reward.judge.model.embed_tokens.weight.dtype == precision.dtype
+    assert {p.dtype for p in reward.judge.judge_head.parameters()} == {torch.float32}
+    assert_rewards_close(torch.tensor(reward(prompts=prompts, completions=completions)), expected, precision.dtype)

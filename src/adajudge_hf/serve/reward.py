@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..batching import DEFAULT_BATCH_TOKENS, eval_mode, padding_id, prompt_groups
-from ..checkpoint import load_judge
+from ..precision import load_for_inference
 from ..tokenization import Messages
 from .batcher import DynamicBatcher
 from .templates import ItemEncoder
@@ -51,6 +51,9 @@ class AdaJudgeReward:
         tokenizer: the judge's tokenizer (read from the folder when `judge_or_url` is a path).
         batch_tokens: padded tokens per forward pass (in-process).
         max_length: tokens per item; longer items lose the start of their prompt, as in `score_responses`.
+        dtype: for a folder / Hub id, the dtype its backbone is loaded in on `device`: `"auto"` (bf16 where the
+            device has bf16 units, else fp32; `adajudge_hf.precision`) or a dtype name. A loaded judge keeps its own.
+        device: for a folder / Hub id, where it is loaded (a loaded judge stays where it is).
     """
 
     def __new__(cls, judge_or_url=None, *args, **kwargs):
@@ -64,10 +67,12 @@ class AdaJudgeReward:
         tokenizer: PreTrainedTokenizerBase | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         max_length: int | None = None,
+        dtype: str = "auto",
+        device: str = "cpu",
     ):
         if isinstance(judge_or_url, (str, os.PathLike)):
-            judge = load_judge(judge_or_url)
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(judge_or_url)
+            judge, folder_tokenizer, _ = load_for_inference(judge_or_url, device, dtype, judge_only=True)
+            tokenizer = tokenizer or folder_tokenizer
         else:
             judge = judge_or_url
         if tokenizer is None:
