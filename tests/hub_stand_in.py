@@ -200,7 +200,8 @@ class HubStandIn:
         repo_id = f"{body.get('organization') or self.user}/{body['name']}"
         if repo_id in self.repos:
             raise HubError(409, "You already created this model repo")
-        repo = Repo(repo_id, private=body.get("visibility") == "private")
+        # huggingface_hub >= 2 sends `visibility`, older releases `private`
+        repo = Repo(repo_id, private=body.get("visibility") == "private" or body.get("private") is True)
         repo.commit("main", "initial commit", {".gitattributes": StoredFile(GITATTRIBUTES, lfs=False)})
         self.repos[repo_id] = repo
         return 200, {"url": f"{self.endpoint}/{repo_id}", "name": repo_id, "id": repo_id}, {}

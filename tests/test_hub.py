@@ -9,12 +9,13 @@ import subprocess
 import sys
 from importlib.resources import files
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import randomize_head, with_random_lora
 from hub_stand_in import HubStandIn, metadata_errors
-from huggingface_hub import HfApi, ModelCard, constants, snapshot_download
+from huggingface_hub import HfApi, ModelCard, constants, get_session, snapshot_download
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from adajudge_hf import AdaJudgeForRewardModeling
@@ -56,12 +57,13 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
     monkeypatch.setattr(constants, "HF_HOME", str(home))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / "agent_harnesses.json"))
+    # huggingface_hub >= 2 records agent harnesses under HF_HOME; older releases have no such file
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / "agent_harnesses.json"), raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     # hf_xet uploads go to a CAS server the stand-in does not implement; without it the client uses git LFS.
-    monkeypatch.setattr("huggingface_hub.hf_api.is_xet_available", lambda: False)
+    monkeypatch.setattr("huggingface_hub.hf_api.is_xet_available", lambda: False, raising=False)  # hub >= 2
     monkeypatch.setattr("huggingface_hub._commit_api.is_xet_available", lambda: False)
     with HubStandIn() as server:
         # huggingface_hub reads HF_ENDPOINT at import, so the already-imported module is pointed at it as well.
@@ -69,6 +71,12 @@ def hub(tmp_path, monkeypatch):
         monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
         template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        # huggingface_hub < 2 posts card validation to https://huggingface.co itself rather than to the endpoint.
+        session = get_session()
+        to_stand_in = SimpleNamespace(
+            post=lambda url, **kw: session.post(url.replace("https://huggingface.co", server.endpoint), **kw)
+        )
+        monkeypatch.setattr("huggingface_hub.repocard.get_session", lambda: to_stand_in)
         yield server
 
 
