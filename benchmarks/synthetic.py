@@ -3,18 +3,22 @@
 Every pair's prompt carries a task marker; the evidence that decides the pair sits in a known place:
 - END: the last response token is GOOD vs BAD (both also occur as decoys anywhere in every body, so only the last
   position decides) -> the last-token expert;
-- SPREAD: 60% vs 40% of the response tokens come from one class -> the mean expert;
-- SPOT: the rejected response hides one ERR token somewhere in its middle (ERR's embedding stands out, so its state
-  is separable on every backbone seed) -> the attention expert.
+- SPREAD: 60 % vs 40 % of the response tokens come from one class (class P), while the prompt is all class P or
+  none of it and the two responses have independent lengths -> the mean expert. The attention expert's default
+  scope is prompt + response, so whatever its weights, its view mixes in a prompt it cannot tell apart from the
+  response, and the last state's context does the same; only the response mean reads the share exactly;
+- SPOT: the rejected response hides one ERR token somewhere in its middle (ERR's embedding is as large as any
+  other token's, in its own direction, so one token among dozens barely moves the mean) -> the attention expert.
 Chosen and rejected bodies are independent draws, so shared tokens do not cancel and each task needs its expert.
 The tasks are mixed in one training set. The backbone is a frozen tiny random Llama (features computed once,
 packed), so every head trains in seconds, with focal BT for all and the epoch chosen on a validation carve.
-Each seed is first gated: every task must be solved (>= 95 %) by its matched static pooling, else the generator, not
-the router, failed on that seed. Then each AdaJudge variant passes a seed when every task is >= 95 % with the argmax
-of its mean routing weights on an expert whose static pooling solves that task on that seed (the suite's verdict);
-the stricter "argmax on the task's designated expert" is reported beside it. SPREAD has two right experts by
-construction: the attention expert with a zero scorer is a uniform average, i.e. the mean view (see `SPREAD_NOTE`).
-Variants beyond `adajudge` (the paper-faithful default) are router lock-in remedies, all `train_heads` options.
+Each seed is first gated both ways: every task must be solved (>= 95 %) by its designated static pooling AND by no
+other static pooling (< 95 %), else the generator, not the router, decides that seed. On a sound seed each task has
+exactly one competent expert, so the three tasks test a three-way routing, and an AdaJudge variant passes the seed
+when every task is >= 95 % with the argmax of its mean routing weights on the task's expert. (With
+`attention_pooling_scope="response"` the attention expert contains the mean expert exactly, and no generator could
+separate them; this suite uses the default scope `"all"`.) Variants beyond `adajudge` (the paper-faithful default)
+are router lock-in remedies, all `train_heads` options.
 
     python benchmarks/synthetic.py                 # 5 seeds, all variants; writes benchmarks/results/synthetic.*
     python benchmarks/synthetic.py --seeds 0 --epochs 3 --train-per-task 200   # quick look
@@ -42,7 +46,11 @@ MARKERS = {"END": 2, "SPREAD": 3, "SPOT": 4}
 CLASS_P = list(range(8, 28))
 NEUTRAL = list(range(28, 200))
 VOCAB = 200
-ERR_SCALE = 1.0  # vs initializer_range 0.1 of every other embedding
+ERR_SCALE = 0.25  # vs initializer_range 0.1: as large as a typical token embedding, in its own direction
+PROMPT_LENGTH = (16, 96)
+RESPONSE_LENGTH = (12, 64)
+SPREAD_SHARES = (0.6, 0.4)
+CLASS_P_SCALE = 0.3  # the direction class-P tokens share, so SPREAD is visible in the states
 
 STATIC = ("last", "mean", "attention")
 NO_FLOOR = {"entropy_floor_coef": 0.0}
@@ -58,48 +66,38 @@ VARIANTS = {
     "adajudge+router_lr10": ({}, {"router_learning_rate_multiplier": 10.0}),
     "adajudge+aux+warmup": ({}, {"expert_aux_loss_coef": 1.0, "router_warmup_fraction": 0.3}),
 }
-# Why the verdict is the competent-expert one (what the construction guarantees, not a measured figure).
-SPREAD_NOTE = (
-    "**Why SPREAD has two right experts, and why the suite's verdict is the competent-expert column.** The attention "
-    "expert's scorer is one linear map w·h + b; with w = 0 its softmax weights are uniform over the tokens it may "
-    'attend to. With `attention_pooling_scope="response"` those are exactly the tokens the mean expert averages, so '
-    "the attention view equals the mean view (`tests/test_modeling.py::"
-    "test_attention_expert_contains_the_mean_expert_over_the_response`, fp32 and bf16, padded and packed rows). This "
-    'suite uses the default scope `"all"` (prompt included), where w = 0 gives the mean over prompt + response '
-    "(`test_attention_expert_with_the_default_scope_averages_prompt_and_response`); both responses of a SPREAD pair "
-    "share their prompt and have the same length, so the chosen − rejected difference of that view is the mean "
-    "views' difference scaled by R / (P + R), and a linear readout ranks every SPREAD pair as it would on the mean "
-    "view. Whatever the mean expert reads, the attention expert can read too: no generator can make a task the mean "
-    "expert solves and the attention expert cannot (exactly with scope `response`; with scope `all`, for a linear "
-    "readout, whenever the two responses share the prompt and their length, as in SPREAD). Static attention pooling "
-    "does solve SPREAD on every "
-    "seed (competent experts below). The strict column (argmax on the designated expert) is kept, but on SPREAD it "
-    "asks the router to prefer one of two right experts; the suite's verdict is the competent-expert column."
-)
 DECOYS = 0.08  # share of body tokens that are GOOD or BAD: only the last token's identity decides END
 
 
 def make_pair(task: str, rng: random.Random) -> tuple[list[int], list[int], list[int]]:
-    prompt = [BOS] + [MARKERS[task]] * 3 + [rng.choice(NEUTRAL) for _ in range(rng.randint(3, 8))]
-    length = rng.randint(20, 60)
+    # The prompt carries class-P tokens at a random share, and the two responses have independent lengths: a view
+    # that mixes prompt and response tokens (attention over its default scope, or the last state's context) then
+    # misreads SPREAD, which only the response mean reads exactly.
+    prompt_share = rng.choice((0.0, 1.0))
+    filler = [
+        rng.choice(CLASS_P) if rng.random() < prompt_share else rng.choice(NEUTRAL)
+        for _ in range(rng.randint(*PROMPT_LENGTH))
+    ]
+    prompt = [BOS] + [MARKERS[task]] * 3 + filler
+    chosen_length, rejected_length = rng.randint(*RESPONSE_LENGTH), rng.randint(*RESPONSE_LENGTH)
 
     def body(n: int) -> list[int]:  # GOOD / BAD decoys anywhere: END is about the last token, not its content
         return [rng.choice((GOOD, BAD)) if rng.random() < DECOYS else rng.choice(NEUTRAL) for _ in range(n)]
 
     if task == "END":
-        return prompt, body(length - 1) + [GOOD], body(length - 1) + [BAD]
+        return prompt, body(chosen_length - 1) + [GOOD], body(rejected_length - 1) + [BAD]
     if task == "SPREAD":
 
-        def mixture(share: float) -> list[int]:
+        def mixture(share: float, length: int) -> list[int]:
             tokens = [rng.choice(CLASS_P) for _ in range(round(share * length))]
             tokens += body(length - len(tokens))
             rng.shuffle(tokens)
             return tokens
 
-        return prompt, mixture(0.6), mixture(0.4)
-    rejected = body(length)
-    rejected[rng.randint(length // 4, 3 * length // 4)] = ERR
-    return prompt, body(length), rejected
+        return prompt, mixture(SPREAD_SHARES[0], chosen_length), mixture(SPREAD_SHARES[1], rejected_length)
+    rejected = body(rejected_length)
+    rejected[rng.randint(rejected_length // 4, 3 * rejected_length // 4)] = ERR
+    return prompt, body(chosen_length), rejected
 
 
 def make_split(per_task: int, seed: int) -> tuple[list, list[str]]:
@@ -128,7 +126,7 @@ def build(seed: int, **overrides) -> AdaJudgeForRewardModeling:
         embeddings = model.model.get_input_embeddings().weight
         generator = torch.Generator().manual_seed(seed)
         # Class-P tokens share a direction, so SPREAD is visible in the states.
-        direction = torch.randn(embeddings.shape[1], generator=generator) * 0.1
+        direction = torch.randn(embeddings.shape[1], generator=generator) * CLASS_P_SCALE
         embeddings[CLASS_P] = 0.5 * embeddings[CLASS_P] + direction
         # ERR stands out from every other token by a wide margin, so one ERR state is separable on every seed (with
         # the default init a random backbone can blur it into its neighbours: SPOT then fails for every head).
@@ -192,18 +190,20 @@ def run(seeds: list[int], train_per_task: int, test_per_task: int, epochs: int, 
 def judge_seed(runs: list[dict], bar: float = 95.0) -> dict:
     """The suite's verdict on one seed.
 
-    `sound`: every task is solved (>= bar) by its matched static pooling, else the generator (not the router) failed on
-    this seed. `competent`: the experts whose static pooling solves each task. Each variant `passes` when every task is
-    >= bar with pi's argmax on the task's expert (`passes_competent`: on any competent expert instead).
+    `competent`: the experts whose static pooling solves each task (>= bar). `sound`: every task's only competent
+    expert is its designated one (solved by it, not by the others), else the generator, not the router, decides this
+    seed. A variant `passes` when every task is >= bar with pi's argmax on the task's designated expert; on a seed
+    that is not sound the pass is recorded but not counted.
     """
     by_name = {r["variant"]: r for r in runs}
     accuracy = {name: {t: by_name[name]["tasks"][t]["accuracy"] for t in TASKS} for name in STATIC if name in by_name}
+    competent = {t: [e for e in STATIC if accuracy.get(e, {}).get(t, 0.0) >= bar] for t in TASKS}
     verdict = {
-        "sound": all(accuracy.get(expert, {}).get(task, 0.0) >= bar for task, expert in TASKS.items()),
-        "competent": {t: [e for e in STATIC if accuracy.get(e, {}).get(t, 0.0) >= bar] for t in TASKS},
-        "static_fails_a_task": {e: any(a < bar for a in accuracy[e].values()) for e in accuracy},
+        "sound": all(competent[task] == [expert] for task, expert in TASKS.items()),
+        "designated_solves": {t: accuracy.get(e, {}).get(t, 0.0) >= bar for t, e in TASKS.items()},
+        "others_fail": {t: all(e == expert for e in competent[t]) for t, expert in TASKS.items()},
+        "competent": competent,
         "passes": {},
-        "passes_competent": {},
     }
     for run in runs:
         tasks = run["tasks"]
@@ -211,9 +211,6 @@ def judge_seed(runs: list[dict], bar: float = 95.0) -> dict:
             continue
         solved = all(tasks[t]["accuracy"] >= bar for t in TASKS)
         verdict["passes"][run["variant"]] = solved and all(tasks[t]["argmax"] == e for t, e in TASKS.items())
-        verdict["passes_competent"][run["variant"]] = solved and all(
-            tasks[t]["argmax"] in verdict["competent"][t] for t in TASKS
-        )
     return verdict
 
 
@@ -237,14 +234,13 @@ def write(results: dict, output_dir: Path) -> None:
         "test pairs per task; focal BT for every head. Cells: held-out accuracy % per seed; for AdaJudge also the "
         "argmax of the mean pi on that task (L / M / A).",
         "",
-        f"**Gate**: a seed is sound when each task is solved (>= 95 %) by its matched static pooling "
-        f"(END-last, SPREAD-mean, SPOT-attention). Sound seeds: {sound} of {seeds}.",
+        "**Gate, both ways**: a seed is sound when each task is solved (>= 95 %) by its designated static pooling "
+        "(END-last, SPREAD-mean, SPOT-attention) and by no other static pooling, so each task has one competent "
+        f"expert and the tasks test a three-way routing. Sound seeds: {sound} of {seeds}.",
         "",
-        SPREAD_NOTE,
-        "",
-        "| variant | END | SPREAD | SPOT | strict: every task >= 95 % with argmax on the task's designated expert "
-        "(per seed) | **verdict**: ... with argmax on a competent expert |",
-        "|---|---|---|---|---|---|",
+        "| variant | END | SPREAD | SPOT | every task >= 95 % with argmax on the task's expert (per seed; "
+        "counted on sound seeds) |",
+        "|---|---|---|---|---|",
     ]
     means = {}
     for name in names:
@@ -256,12 +252,15 @@ def write(results: dict, output_dir: Path) -> None:
             marks = [r["tasks"][task].get("argmax", "")[:1].upper() for r in runs]
             cells.append(" / ".join(f"{v:.1f}{m}" for v, m in zip(values, marks)))
         if name in STATIC:
-            fails = [verdicts[r["seed"]]["static_fails_a_task"][name] for r in runs]
-            passes = passes_competent = "fails a task on " + f"{sum(fails)}/{len(fails)} seeds"
+            solved = [t for t, e in TASKS.items() if e == name]
+            verdict = f"the only expert solving {'+'.join(solved)} on " + (
+                f"{sum(verdicts[r['seed']]['competent'][t] == [name] for r in runs for t in solved)}/{len(runs)} seeds"
+            )
         else:
-            passes = " ".join("✓" if verdicts[r["seed"]]["passes"][name] else "✗" for r in runs)
-            passes_competent = " ".join("✓" if verdicts[r["seed"]]["passes_competent"][name] else "✗" for r in runs)
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {passes} | {passes_competent} |")
+            marks = ["✓" if verdicts[r["seed"]]["passes"][name] else "✗" for r in runs]
+            counted = [m for m, r in zip(marks, runs) if verdicts[r["seed"]]["sound"]]
+            verdict = " ".join(marks) + f" — **{counted.count('✓')}/{len(counted)} sound seeds**"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {verdict} |")
     lines += ["", "Competent experts per seed (static pooling >= 95 %): " + "; ".join(
         f"s{s} " + ", ".join(f"{t}: {'+'.join(v) or '-'}" for t, v in verdicts[s]["competent"].items()) for s in seeds
     )]  # fmt: skip
