@@ -21,6 +21,10 @@ from transformers.utils import ModelOutput, logging
 from .configuration_adajudge import AdaJudgeConfig
 from .loading_adajudge import keys_to_ignore_on_load, load_from_backbone, load_pretrained
 
+# Not used here: transformers < 5.10 copies only the modeling file's own relative imports when it loads remote code
+# from a local folder, so the sibling that loading_adajudge.py imports is named here as well.
+from .tokenization_adajudge import find_response_template  # noqa: F401
+
 
 logger = logging.get_logger(__name__)
 
