@@ -6,8 +6,8 @@ fp32 conversions and runs slower than fp32 (3-4x on an AVX2-only CPU), so `"auto
 whether bf16 tensors can be made there (which is always true). The heads stay in fp32 whatever the backbone's dtype
 (`AdaJudgeForRewardModeling._keep_in_fp32_modules_strict`), so the rewards keep fp32 pooling and readout.
 
-`resolve_dtype` makes the choice and says why; every command that loads a model for inference (`adajudge serve`,
-`adajudge evaluate`, `adajudge demo`, `AdaJudgeReward(folder)`) goes through `load_for_inference`, and
+`resolve_dtype` makes the choice and says why: `adajudge serve`, `adajudge evaluate` and `AdaJudgeReward(folder)` load
+through `load_for_inference`, `adajudge demo` builds its backbone in the dtype it returns, and
 `resolve_bf16_training` decides TrainingArguments' `bf16` (autocast) when it is left unset. Functions that take a
 loaded model (`score_responses`, `score_best_of_n`) compute in that model's dtype.
 """
