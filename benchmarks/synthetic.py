@@ -7,8 +7,8 @@ Every pair's prompt carries a task marker; the evidence that decides the pair si
   none of it and the two responses have independent lengths -> the mean expert. The attention expert's default
   scope is prompt + response, so whatever its weights, its view mixes in a prompt it cannot tell apart from the
   response, and the last state's context does the same; only the response mean reads the share exactly;
-- SPOT: the rejected response hides one ERR token somewhere in its middle (ERR's embedding is as large as any
-  other token's, in its own direction, so one token among dozens barely moves the mean) -> the attention expert.
+- SPOT: the rejected response hides one ERR token somewhere in its middle (ERR's embedding has its own direction
+  and 2.5x a typical token's norm, so one token among dozens barely moves the mean) -> the attention expert.
 Chosen and rejected bodies are independent draws, so shared tokens do not cancel and each task needs its expert.
 The tasks are mixed in one training set. The backbone is a frozen tiny random Llama (features computed once,
 packed), so every head trains in seconds, with focal BT for all and the epoch chosen on a validation carve.
@@ -46,7 +46,7 @@ MARKERS = {"END": 2, "SPREAD": 3, "SPOT": 4}
 CLASS_P = list(range(8, 28))
 NEUTRAL = list(range(28, 200))
 VOCAB = 200
-ERR_SCALE = 0.25  # vs initializer_range 0.1: as large as a typical token embedding, in its own direction
+ERR_SCALE = 0.25  # x initializer_range 0.1 of the others: 2.5x a typical token's norm (10x let the mean see it)
 PROMPT_LENGTH = (16, 96)
 RESPONSE_LENGTH = (12, 64)
 SPREAD_SHARES = (0.6, 0.4)
