@@ -253,6 +253,36 @@ def test_every_form_opens_by_repo_id_offline(hub: HubStandIn, tmp_path, monkeypa
         torch.testing.assert_close(rewards(opened, tokenizer), expected, rtol=0, atol=ATOL, msg=door)
 
 
+def test_heads_checkpoints_of_a_full_judge_from_the_hub_name_that_repo(hub: HubStandIn, tmp_path, monkeypatch):  # noqa: F811
+    """Training the heads of a full judge given by Hub repo id: its backbone is fine-tuned, so the heads checkpoints
+    must read their backbone from that repo, not from the original backbone its config records."""
+    backbone = save_tiny_causal_lm(tmp_path / "backbone")
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    judge = trained(backbone, "full")
+    with torch.no_grad():
+        for parameter in judge.model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)  # as after full fine-tuning
+    push_judge(save_judge(judge, tmp_path / "judge", form="full", tokenizer=tokenizer), "org/judge", token=hub.token)
+    snapshot_download("org/judge")
+    go_offline(hub, monkeypatch)
+
+    args = AdaJudgeRewardConfig(
+        output_dir=str(tmp_path / "out"), freeze_backbone=True, max_steps=1, save_strategy="steps", save_steps=1,
+        per_device_train_batch_size=2, report_to=[], use_cpu=True, max_length=64,
+    )  # fmt: skip
+    pairs = Dataset.from_list(
+        [{"chosen": chat, "rejected": chat[:1] + [{"role": "assistant", "content": "no"}]} for chat in CHATS]
+    )
+    trainer = AdaJudgeRewardTrainer("org/judge", args, train_dataset=pairs, processing_class=tokenizer)
+    trainer.train()
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+    assert detect_judge_form(checkpoint) == "heads"
+    assert json.loads((checkpoint / "config.json").read_text())["base_model_name_or_path"] == "org/judge"
+    torch.testing.assert_close(
+        rewards(load_judge(checkpoint), tokenizer), rewards(trainer.model.eval(), tokenizer), rtol=0, atol=ATOL
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Bad files: one clear line that names the file
 # ---------------------------------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from .lora import HEAD_MODULE, adajudge_lora_config
 from .loss import STRENGTH_SCALINGS, adajudge_loss, preference_strength_scale, preference_strength_weights
 from .modeling import AdaJudgeConfig, AdaJudgeForRewardModeling
 from .modeling.configuration_adajudge import validate_loss_hyperparameters
-from .modeling.loading_adajudge import check_local_checkpoint
+from .modeling.loading_adajudge import check_local_checkpoint, judge_form, resolve_file
 from .precision import resolve_bf16_training
 
 
@@ -246,15 +246,19 @@ def judge_save_form(save_form: str | None, lora: bool, freeze_backbone: bool, cl
 
 
 def judge_backbone_folder(model_id: str) -> str | None:
-    """The folder whose backbone weights a judge loaded from `model_id` has, where it is not the backbone recorded in
-    its config: the folder itself for a full judge, `MERGED` for an adapter judge (`load_judge` merges the LoRA into
-    the backbone, so no folder holds it). None for a backbone, a heads judge or a Hub id."""
-    if not os.path.isfile(os.path.join(model_id, "config.json")):
+    """The folder or Hub repo whose backbone weights a judge loaded from `model_id` has, where it is not the backbone
+    recorded in its config: `model_id` itself for a full judge (its backbone may be fine-tuned), `MERGED` for an
+    adapter judge (`load_judge` merges the LoRA into the backbone, so no folder holds it). None for a backbone or a
+    heads judge."""
+    check_local_checkpoint(model_id)  # a missing local folder is named, not taken for a Hub id
+    if resolve_file(model_id, "config.json", {}) is None:
         return None
     if AdaJudgeConfig.get_config_dict(model_id)[0].get("model_type") != AdaJudgeConfig.model_type:
         return None
-    form = detect_judge_form(model_id)
-    return os.path.abspath(model_id) if form == "full" else MERGED if form == "adapter" else None
+    form = judge_form(lambda name: resolve_file(model_id, name, {}) is not None)
+    if form == "full":
+        return os.path.abspath(model_id) if os.path.isdir(model_id) else model_id
+    return MERGED if form == "adapter" else None
 
 
 MERGED = "merged"
