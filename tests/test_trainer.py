@@ -145,8 +145,8 @@ def test_training_logs_trls_metrics_and_the_routing(tiny_tokenizer, tmp_path):
         "pi/last",
         "pi/mean",
         "pi/attention",
-        "alpha/1",
-        "alpha/2",
+        "alpha/H(1)",
+        "alpha/H(2)",
     }
     expected = trl_metrics | routing_metrics
     assert expected <= train_logs[0].keys()

@@ -25,6 +25,7 @@ from transformers.trainer_optimizer import is_optimizer_factory
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.utils import global_then_local_main_first
 
+from .batching import depth_candidate_names
 from .checkpoint import (
     HEADS_FILE,
     SAVE_FORMS,
@@ -412,10 +413,7 @@ class AdaJudgeRewardTrainer(RewardTrainer):
                 packed=packed,
             )
         self._expert_names = judge.config.experts
-        self._depth_names = None
-        if judge.config.num_refinement_blocks:
-            first = 0 if judge.config.depth_router_include_input else 1
-            self._depth_names = [str(k) for k in range(first, judge.config.num_refinement_blocks + 1)]
+        self._depth_names = depth_candidate_names(judge.config) if judge.config.num_refinement_blocks else None
 
     @staticmethod
     def _save_forms(
