@@ -30,6 +30,7 @@ from hardware import DTYPES, benchmark_dtype, hardware, hardware_markdown
 from transformers import AutoTokenizer
 
 from adajudge_hf import AdaJudgeForRewardModeling
+from adajudge_hf.batching import DEFAULT_BATCH_TOKENS
 from adajudge_hf.embedded_data import load_embedded_preferences
 from adajudge_hf.packing import encode_packed, pack_responses, pad_packed, score_packed_ids
 
@@ -119,8 +120,8 @@ def training_comparison(model, tokenizer, reps: int, pairs_per_step: int, respon
 
 
 @torch.inference_mode()
-def independent_scores(model, prompt: list[int], responses: list[list[int]], batch_tokens: int) -> torch.Tensor:
-    rows_per_batch = max(1, batch_tokens // (len(prompt) + len(responses[0])))
+def independent_scores(model, prompt: list[int], responses: list[list[int]], max_batch_tokens: int) -> torch.Tensor:
+    rows_per_batch = max(1, max_batch_tokens // (len(prompt) + len(responses[0])))
     rewards = []
     for start in range(0, len(responses), rows_per_batch):
         chunk = responses[start : start + rows_per_batch]
@@ -136,7 +137,7 @@ def best_of_n_comparison(
     models: dict[str, AdaJudgeForRewardModeling],
     reps: int,
     response_length: int,
-    batch_tokens: int,
+    max_batch_tokens: int,
     row_tokens: int,
     sizes: list[int],
     ratios: list[int],
@@ -152,15 +153,15 @@ def best_of_n_comparison(
             responses = torch.randint(3, vocab, (n, response_length), generator=generator).tolist()
             runs = {}
             for dtype, model in models.items():
-                packed = score_packed_ids(model, prompt, responses, max_tokens_per_row=row_tokens)["rewards"]
+                packed = score_packed_ids(model, prompt, responses, max_batch_tokens=row_tokens)["rewards"]
                 atol = 1e-3 if dtype == "fp32" else 3e-2  # bf16: tests/test_precision.py's tolerance
-                independent = independent_scores(model, prompt, responses, batch_tokens).float()
+                independent = independent_scores(model, prompt, responses, max_batch_tokens).float()
                 torch.testing.assert_close(packed, independent, atol=atol * max(1.0, independent.abs().max()), rtol=0)
                 runs[(dtype, "independent")] = lambda m=model, p=prompt, r=responses: independent_scores(
-                    m, p, r, batch_tokens
+                    m, p, r, max_batch_tokens
                 )
                 runs[(dtype, "packed")] = lambda m=model, p=prompt, r=responses: score_packed_ids(
-                    m, p, r, max_tokens_per_row=row_tokens
+                    m, p, r, max_batch_tokens=row_tokens
                 )
             seconds = {key: [] for key in runs}
             keys = list(runs)
@@ -263,7 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pairs-per-step", type=int, default=8)
     parser.add_argument("--response-length", type=int, default=64, help="response tokens of the long-prompt pairs")
     parser.add_argument("--best-of-n-response-length", type=int, default=32)
-    parser.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per independent batch")
+    parser.add_argument(
+        "--max-batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per independent batch"
+    )
     parser.add_argument("--row-tokens", type=int, default=4096, help="max tokens of one packed best-of-N row")
     parser.add_argument("--output-dir", default=str(RESULTS))
     parser.add_argument("--dtypes", nargs="+", choices=("auto", *DTYPES), default=["auto"], help="best-of-N dtypes")
@@ -302,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
     for judge in models.values():  # the heads compute in fp32 whatever the backbone's dtype, as when loaded
         judge.judge_head.float()
     results["best_of_n"] = best_of_n_comparison(
-        models, args.reps, args.best_of_n_response_length, args.batch_tokens, args.row_tokens, args.n, args.ratios
+        models, args.reps, args.best_of_n_response_length, args.max_batch_tokens, args.row_tokens, args.n, args.ratios
     )
     write(results, Path(args.output_dir))
     return results

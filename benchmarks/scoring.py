@@ -33,6 +33,7 @@ from transformers import AutoTokenizer
 from adajudge_hf import AdaJudgeForRewardModeling
 from adajudge_hf.backbones import resolve_backbone
 from adajudge_hf.evaluation import (
+    DEFAULT_BATCH_TOKENS,
     evaluate_length_baseline,
     evaluate_model,
     length_buckets,
@@ -82,9 +83,9 @@ def compare_dtypes(args, backbone, dataset, dtypes: list[str]) -> dict:
         torch.manual_seed(0)  # the same heads
         judges[dtype] = AdaJudgeForRewardModeling.from_backbone(backbone, dtype=DTYPES[dtype]).eval()
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    batch_tokens = args.batch_tokens or 8192
+    max_batch_tokens = args.max_batch_tokens or DEFAULT_BATCH_TOKENS
     evaluate = lambda dtype: evaluate_model(  # noqa: E731
-        judges[dtype], tokenizer, "rm-bench", dataset, max_length=args.max_length, batch_tokens=batch_tokens,
+        judges[dtype], tokenizer, "rm-bench", dataset, max_length=args.max_length, max_batch_tokens=max_batch_tokens,
         show_progress=False,
     )  # fmt: skip
     for dtype in dtypes:  # warm-up
@@ -106,7 +107,7 @@ def compare_dtypes(args, backbone, dataset, dtypes: list[str]) -> dict:
         "num_prompts": len(dataset),
         "num_responses": len(next(iter(rewards.values()))),
         "tokens": tokens,
-        "batch_tokens": batch_tokens,
+        "max_batch_tokens": max_batch_tokens,
         "seconds": {dtype: spread(values) for dtype, values in seconds.items()},
     }
     if "fp32" in dtypes:
@@ -132,7 +133,7 @@ def write_dtype_report(result: dict, output: Path) -> None:
         "",
         f"Command: `{result['command']}`. RM-Bench subset: {result['num_prompts']} prompts, "
         f"{result['num_responses']} responses, {result['tokens']} tokens; SmolLM2-135M-Instruct judge, K=3, fresh "
-        f"heads (fp32); budget {result['batch_tokens']} padded tokens per pass; `evaluate_model` timed whole, dtypes "
+        f"heads (fp32); budget {result['max_batch_tokens']} padded tokens per pass; `evaluate_model` timed whole, dtypes "
         "interleaved, median [min–max] over repetitions.",
         "",
         hardware_markdown(result["hardware"]),
@@ -162,7 +163,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=8, help="batch size of the input-order reference")
     parser.add_argument(
-        "--batch-tokens",
+        "--max-batch-tokens",
         type=int,
         default=None,
         help="scorer budget (default: batch size x max length, the same peak)",
@@ -178,7 +179,7 @@ def main() -> None:
         result = compare_dtypes(args, backbone, dataset, list(dict.fromkeys(args.compare_dtypes)))
         write_dtype_report(result, Path(args.output).with_name("scoring-dtypes.json"))
         return
-    batch_tokens = args.batch_tokens or args.batch_size * args.max_length
+    max_batch_tokens = args.max_batch_tokens or args.batch_size * args.max_length
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     backbone = resolve_backbone(args.backbone) if args.backbone else resolve_backbone()
@@ -203,14 +204,14 @@ def main() -> None:
             "rm-bench",
             dataset,
             max_length=args.max_length,
-            batch_tokens=batch_tokens,
+            max_batch_tokens=max_batch_tokens,
             show_progress=False,
         )
     )
     scorer_rewards = torch.tensor(
         [r for record in report.records for r in record["score_chosen"] + record["score_rejected"]]
     )
-    bucketed = length_buckets([len(encoded[i].input_ids) for i in range(len(encoded))], batch_tokens)
+    bucketed = length_buckets([len(encoded[i].input_ids) for i in range(len(encoded))], max_batch_tokens)
 
     def input_order():
         rewards = torch.empty(len(encoded))
@@ -242,7 +243,7 @@ def main() -> None:
         "num_prompts": len(dataset),
         "num_responses": len(encoded),
         "max_length": args.max_length,
-        "batch_tokens": batch_tokens,
+        "max_batch_tokens": max_batch_tokens,
         "batch_size": args.batch_size,
         "scorer": {**summary(encoded, bucketed, scorer_seconds), "reported": report.scoring},
         "input_order_fixed_batch": summary(encoded, fixed_batches, fixed_seconds),

@@ -30,6 +30,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from adajudge_hf.batching import DEFAULT_BATCH_TOKENS
 from adajudge_hf.testing import free_port
 
 
@@ -117,7 +118,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=32, help="HH-RLHF pairs; 2 items (chosen, rejected) each")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16, help="clients of the two servers")
-    parser.add_argument("--batch-tokens", type=int, default=8192, help="token budget of the transformers scorer")
+    parser.add_argument(
+        "--max-batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="token budget of the transformers scorer"
+    )
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--vllm-python", default=str(Path(".venv-vllm") / "bin" / "python"))
     parser.add_argument("--output", default=str(RESULTS / "vllm_throughput.json"))
@@ -193,7 +196,7 @@ def main() -> None:
                     tokenizer,
                     prompts[items],
                     responses[items],
-                    batch_tokens=args.batch_tokens,
+                    max_batch_tokens=args.max_batch_tokens,
                     show_progress=False,
                 )
                 return time.perf_counter() - begin, scored.rewards.float().tolist()

@@ -1,5 +1,6 @@
 """The batching toolkit scoring, serving and features share: a packed pass's outputs come back per item, in order,
-equal to scoring each item in its own row; prompt groups; padding id; eval mode restored."""
+equal to scoring each item in its own row (also when rows hold different numbers of responses); plain passes; prompt
+groups; padding id (the tokenizer's for AdaJudge, the config's for stock models); eval mode restored."""
 
 import pytest
 import torch
@@ -12,9 +13,10 @@ from adajudge_hf.batching import (
     item_scores,
     packed_output_order,
     padding_id,
+    plain_inputs,
     prompt_groups,
 )
-from adajudge_hf.packing import pack_responses, pad_packed
+from adajudge_hf.packing import pack_responses, packed_inputs
 from adajudge_hf.tokenization import encode_prompt_response
 
 
@@ -42,14 +44,13 @@ def test_item_scores_of_a_packed_pass_equal_each_item_in_its_own_row(make_judge,
         ]
         prompt = encoded[0].input_ids[: encoded[0].prompt_length]
         responses = [e.input_ids[e.prompt_length :] for e in encoded]
-        fillers = [[padding_id(tiny_tokenizer)]] * (3 - len(answers))  # rows of one pass hold equal counts
-        rows.append(pack_responses(prompt, responses + fillers))
+        rows.append(pack_responses(prompt, responses))
         plain += encoded
+    inputs, order = packed_inputs(rows, padding_id(tiny_tokenizer))  # rows of 3, 1 and 2 responses
+    assert inputs["input_ids"].shape[0] == 3 and int(inputs["segment_ids"].max()) == 3
+    assert order == packed_output_order([3, 1, 2])
     with torch.inference_mode():
-        packed = item_scores(
-            judge(**pad_packed(rows, padding_id(tiny_tokenizer))),
-            packed_output_order([len(answers) for answers in groups.values()]),
-        )
+        packed = item_scores(judge(**inputs), order)
         alone = [
             item_scores(judge(input_ids=torch.tensor([e.input_ids]), prompt_lengths=torch.tensor([e.prompt_length])))[
                 0
@@ -88,13 +89,27 @@ def test_prompt_groups_are_runs_of_one_prompt():
     assert prompt_groups([]) == []
 
 
-def test_padding_id_falls_back_to_zero(tiny_tokenizer):
-    assert padding_id(tiny_tokenizer) == tiny_tokenizer.pad_token_id
+def test_padding_id_falls_back_to_zero(tiny_tokenizer, make_judge):
+    assert padding_id(tiny_tokenizer) == padding_id(tiny_tokenizer, make_judge()) == tiny_tokenizer.pad_token_id
 
     class NoPad:
         pad_token_id = None
 
     assert padding_id(NoPad()) == 0
+
+
+def test_plain_inputs_pad_right_and_give_prompt_lengths_when_asked(tiny_tokenizer):
+    chat = [{"role": "user", "content": "2+2?"}]
+    short, long = (
+        encode_prompt_response(tiny_tokenizer, chat, [{"role": "assistant", "content": answer}])
+        for answer in ("4", "It is 4, as 2 and 2 make 4.")
+    )
+    inputs = plain_inputs([short, long], pad_token_id=7)
+    width = len(long.input_ids)
+    assert inputs["input_ids"][0].tolist() == short.input_ids + [7] * (width - len(short.input_ids))
+    assert inputs["attention_mask"].sum(1).tolist() == [len(short.input_ids), width]
+    assert inputs["prompt_lengths"].tolist() == [short.prompt_length, long.prompt_length]
+    assert "prompt_lengths" not in plain_inputs([short], 7, prompt_lengths=False)  # stock models take none
 
 
 def test_eval_mode_gives_the_model_back_in_its_mode_even_after_an_error(make_judge):

@@ -345,6 +345,9 @@ def test_bad_arguments_give_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", "length-baseline", "--benchmark", "mt-bench", "--output-dir", str(tmp_path)])
     assert exit_info.value.code == 2 and "invalid choice: 'mt-bench'" in capsys.readouterr().err
+    argv = ["--model", "no/such-judge", "--benchmark", "pairs", "--output-dir", str(tmp_path / "out")]
+    assert main([*argv, "--max-batch-tokens", "0"]) == 2  # refused before any model is loaded
+    assert "--max-batch-tokens must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="Unknown benchmark 'mt-bench'"):
         evaluate_length_baseline("mt-bench", tmp_path)
     with pytest.raises(FileNotFoundError, match="No such file or folder"):
@@ -394,8 +397,8 @@ def test_evaluate_accepts_underscore_flags_like_train(benchmark_slices, tmp_path
                 assert parser._option_string_actions["--" + flag[2:].replace("-", "_")] is action
     dashes, underscores = tmp_path / "dashes", tmp_path / "underscores"
     argv = ["--model", "length-baseline", "--benchmark", "rm-bench", "--data", str(benchmark_slices / "rm-bench")]
-    assert main(argv + ["--output-dir", str(dashes), "--max-length", "64", "--batch-tokens", "512"]) == 0
-    assert main(argv + ["--output_dir", str(underscores), "--max_length", "64", "--batch_tokens", "512"]) == 0
+    assert main(argv + ["--output-dir", str(dashes), "--max-length", "64", "--max-batch-tokens", "512"]) == 0
+    assert main(argv + ["--output_dir", str(underscores), "--max_length", "64", "--max_batch_tokens", "512"]) == 0
     assert read_report(dashes)[0]["metrics"] == read_report(underscores)[0]["metrics"]
 
 
@@ -425,7 +428,7 @@ def test_interrupted_evaluation_keeps_what_was_scored_and_resumes(
 
     data = str(benchmark_slices / "hh-rlhf/harmless-base_test.jsonl.gz")
     argv = ["--model", str(judge_folder), "--benchmark", "pairs", "--data", data, "--limit", "12"]
-    argv += ["--max-length", "64", "--batch-tokens", "128"]  # 24 responses in about 12 batches
+    argv += ["--max-length", "64", "--max-batch-tokens", "128"]  # 24 responses in about 12 batches
     reference, out = tmp_path / "uninterrupted", tmp_path / "interrupted"
     assert main(argv + ["--output-dir", str(reference)]) == 0
     total = read_report(reference)[0]["scoring"]["num_responses"]

@@ -41,6 +41,17 @@ def test_cached_features_score_like_the_full_forward(make_judge, tiny_tokenizer)
             torch.testing.assert_close(scored["depth_weights"][g, n], out.depth_weights[0], atol=1e-4, rtol=1e-4)
 
 
+def test_groups_with_different_response_counts_share_a_batch(make_judge, tiny_tokenizer):
+    """Groups of 3 and 1 responses in one forward pass get the states each group gets alone."""
+    model = make_judge(num_refinement_blocks=2)
+    groups = [chat("2+2?", "4", "5", "four"), chat("Capital of France?", "Paris.")]
+    together = extract_features(model, tiny_tokenizer, groups, dtype=torch.float32, show_progress=False)
+    for group, features in zip(groups, together):
+        (alone,) = extract_features(model, tiny_tokenizer, [group], dtype=torch.float32, show_progress=False)
+        assert torch.equal(features.segment_ids, alone.segment_ids)
+        torch.testing.assert_close(features.hidden_states, alone.hidden_states, atol=1e-5, rtol=1e-5)
+
+
 def test_packed_truncation_keeps_every_plain_row_within_max_length(tiny_tokenizer):
     prompt, responses = chat("word " * 40, "short answer", "a much longer answer " * 3)
     ids, segments, truncated = encode_packed(tiny_tokenizer, prompt, responses, max_length=30)

@@ -97,7 +97,7 @@ def test_best_of_n_equals_independent_scoring(tiny_tokenizer, refinement_attenti
             )
         expected.append((out.logits[0, 0], out.routing_weights[0]))
     # A small row budget forces several packed rows (chunking).
-    scored = score_best_of_n(model, tiny_tokenizer, prompt, responses, max_tokens_per_row=40)
+    scored = score_best_of_n(model, tiny_tokenizer, prompt, responses, max_batch_tokens=40)
     torch.testing.assert_close(scored["rewards"], torch.stack([r for r, _ in expected]), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(scored["routing_weights"], torch.stack([p for _, p in expected]), atol=1e-4, rtol=1e-4)
     assert scored["rewards"].argsort().tolist() == torch.stack([r for r, _ in expected]).argsort().tolist()

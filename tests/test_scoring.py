@@ -38,7 +38,7 @@ def judge(make_judge):
 
 def test_length_buckets_fit_the_token_budget_and_cover_every_example():
     lengths = [5, 40, 7, 7, 100, 3, 39, 41]
-    batches = length_buckets(lengths, batch_tokens=90)
+    batches = length_buckets(lengths, max_batch_tokens=90)
     assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
     for batch in batches:
         longest = max(lengths[index] for index in batch)
@@ -53,29 +53,29 @@ def test_length_buckets_fit_the_token_budget_and_cover_every_example():
 @pytest.mark.parametrize("max_padding", [0.0, 0.2, 0.5])
 def test_length_buckets_keep_padding_under_max_padding(max_padding):
     lengths = [300, 64, 250, 70, 310, 20, 66, 500, 65]
-    batches = length_buckets(lengths, batch_tokens=8192, max_padding=max_padding)
+    batches = length_buckets(lengths, max_batch_tokens=8192, max_padding=max_padding)
     assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
     for batch in batches:
         padded = len(batch) * max(lengths[index] for index in batch)
         assert padded - sum(lengths[index] for index in batch) <= max_padding * padded
-    unlimited = length_buckets(lengths, batch_tokens=8192)
+    unlimited = length_buckets(lengths, max_batch_tokens=8192)
     assert len(unlimited) == 1  # the token budget alone puts every row in one pass, padded to 500
     assert len(batches) > 1
 
 
 def test_length_buckets_max_padding_zero_batches_only_equal_lengths():
-    batches = length_buckets([8, 5, 8, 5, 3], batch_tokens=100, max_padding=0.0)
+    batches = length_buckets([8, 5, 8, 5, 3], max_batch_tokens=100, max_padding=0.0)
     assert sorted(map(sorted, batches)) == [[0, 2], [1, 3], [4]]
 
 
 @pytest.mark.parametrize("max_padding", [-0.1, 1.0])
 def test_length_buckets_refuse_a_max_padding_outside_0_1(max_padding):
     with pytest.raises(ValueError, match="max_padding"):
-        length_buckets([4, 2], batch_tokens=10, max_padding=max_padding)
+        length_buckets([4, 2], max_batch_tokens=10, max_padding=max_padding)
 
 
 def test_bucketed_rewards_equal_one_at_a_time_in_input_order(judge, tiny_tokenizer):
-    output = score_responses(judge, tiny_tokenizer, PROMPTS, RESPONSES, batch_tokens=256, show_progress=False)
+    output = score_responses(judge, tiny_tokenizer, PROMPTS, RESPONSES, max_batch_tokens=256, show_progress=False)
     assert output.num_padded_tokens > output.num_tokens  # several examples did share padded batches
     for index, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
         encoded = encode_prompt_response(tiny_tokenizer, prompt, response)
@@ -108,7 +108,7 @@ def test_stock_reward_model_is_scored_at_its_last_token(tiny_tokenizer):
     config = make_tiny_backbone_config(tiny_tokenizer)
     config.num_labels = 1
     model = AutoModelForSequenceClassification.from_config(config).eval()
-    output = score_responses(model, tiny_tokenizer, PROMPTS, RESPONSES, batch_tokens=256, show_progress=False)
+    output = score_responses(model, tiny_tokenizer, PROMPTS, RESPONSES, max_batch_tokens=256, show_progress=False)
     assert output.routing_weights is None and output.depth_weights is None and output.experts is None
     for index, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
         encoded = encode_prompt_response(tiny_tokenizer, prompt, response)
@@ -119,7 +119,7 @@ def test_stock_reward_model_is_scored_at_its_last_token(tiny_tokenizer):
     # The model finds its last token by `config.pad_token_id`, so padding must use that id, not the tokenizer's.
     used = {i for p, r in zip(PROMPTS, RESPONSES) for i in encode_prompt_response(tiny_tokenizer, p, r).input_ids}
     model.config.pad_token_id = min(set(range(len(tiny_tokenizer))) - used)
-    repadded = score_responses(model, tiny_tokenizer, PROMPTS, RESPONSES, batch_tokens=256, show_progress=False)
+    repadded = score_responses(model, tiny_tokenizer, PROMPTS, RESPONSES, max_batch_tokens=256, show_progress=False)
     torch.testing.assert_close(repadded.rewards, output.rewards, atol=1e-5, rtol=1e-5)
 
     model.config.pad_token_id = None
@@ -148,8 +148,8 @@ def test_max_length_keeps_the_end_of_the_response_and_counts_truncations(judge, 
 def test_bad_arguments_are_rejected(judge, tiny_tokenizer):
     with pytest.raises(ValueError, match="must pair up"):
         score_responses(judge, tiny_tokenizer, PROMPTS, RESPONSES[:-1])
-    with pytest.raises(ValueError, match="batch_tokens"):
-        score_responses(judge, tiny_tokenizer, PROMPTS, RESPONSES, batch_tokens=0)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        score_responses(judge, tiny_tokenizer, PROMPTS, RESPONSES, max_batch_tokens=0)
 
 
 def test_length_baseline_rewards_are_character_counts():
@@ -159,7 +159,7 @@ def test_length_baseline_rewards_are_character_counts():
 
 @pytest.mark.parametrize("responses_per_prompt", [2, 6])
 def test_shared_prompt_scoring_equals_plain_scoring(make_judge, tiny_tokenizer, responses_per_prompt):
-    """Issue 9: each prompt encoded once for its responses gives the same rewards, pi and alpha, with fewer tokens."""
+    """Each prompt encoded once for its responses gives the same rewards, pi and alpha, with fewer tokens."""
     model = randomize_head(make_judge(num_refinement_blocks=2))
     words = "the quick brown fox jumps over the lazy dog again and again".split()
     prompts, responses = [], []
@@ -168,9 +168,9 @@ def test_shared_prompt_scoring_equals_plain_scoring(make_judge, tiny_tokenizer, 
         for r in range(responses_per_prompt):
             prompts.append(prompt)
             responses.append([{"role": "assistant", "content": " ".join(words[r : r + 2 + (item * r) % 5])}])
-    plain = score_responses(model, tiny_tokenizer, prompts, responses, batch_tokens=64, show_progress=False)
+    plain = score_responses(model, tiny_tokenizer, prompts, responses, max_batch_tokens=64, show_progress=False)
     shared = score_responses(
-        model, tiny_tokenizer, prompts, responses, batch_tokens=64, show_progress=False, share_prompts=True
+        model, tiny_tokenizer, prompts, responses, max_batch_tokens=64, show_progress=False, share_prompts=True
     )
     torch.testing.assert_close(shared.rewards, plain.rewards, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(shared.routing_weights, plain.routing_weights, atol=1e-4, rtol=1e-4)
@@ -186,7 +186,7 @@ def test_interrupted_scoring_resumes_from_the_kept_batches(
     rewards, pi and alpha of an uninterrupted run (same batches), in plain and packed (shared-prompt) layouts."""
     prompts = [prompt for prompt in PROMPTS for _ in range(2)]
     responses = [response for response in RESPONSES for _ in range(2)]
-    kwargs = dict(batch_tokens=64, show_progress=False, share_prompts=share_prompts)
+    kwargs = dict(max_batch_tokens=64, show_progress=False, share_prompts=share_prompts)
     reference = score_responses(judge, tiny_tokenizer, prompts, responses, **kwargs)
 
     forward, rows = type(judge).forward, []

@@ -2,8 +2,9 @@
 
 Rows of similar length go into one forward pass (`length_buckets`); consecutive items with one prompt form a group
 (`prompt_groups`) that a packed row [prompt; r1; ...; rN] computes once; a pass's outputs come back as one
-`ItemScore` per item (`item_scores`, in the order `packed_output_order` gives for packed rows). `padding_id` and
-`eval_mode` are the two details every scoring loop needs.
+`ItemScore` per item (`item_scores`, in the order `packed_output_order` gives for packed rows; `plain_inputs` and
+`packing.packed_inputs` build a pass's inputs). `padding_id` and `eval_mode` are the two details every scoring loop
+needs. `max_batch_tokens` is the one name of the budget of padded tokens (rows x longest row) per forward pass.
 """
 
 from collections.abc import Iterator, Sequence
@@ -11,7 +12,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase
+
+from .modeling import AdaJudgeConfig
+from .tokenization import EncodedExample
 
 
 DEFAULT_BATCH_TOKENS = 8192
@@ -28,17 +33,17 @@ class ItemScore:
     depth_weights: list[float] | None = None
 
 
-def length_buckets(lengths: Sequence[int], batch_tokens: int, max_padding: float | None = None) -> list[list[int]]:
+def length_buckets(lengths: Sequence[int], max_batch_tokens: int, max_padding: float | None = None) -> list[list[int]]:
     """Group example indices into batches of similar length, longest first.
 
-    Each batch holds as many examples as fit `batch_tokens` padded tokens (rows x longest row); an example longer than
+    Each batch holds as many examples as fit `max_batch_tokens` padded tokens (rows x longest row); an example longer than
     the budget gets a batch of its own. Longest first, so an out-of-memory error shows up at once, not at the end.
     `max_padding` (a fraction of the batch's padded tokens; None: no limit) starts a new batch rather than pad more:
     a few rows of very different lengths, as a server step holds, would otherwise spend much of a pass on padding,
     which on a CPU costs as much as real tokens while the larger batch buys little.
     """
-    if batch_tokens < 1:
-        raise ValueError(f"`batch_tokens` must be >= 1, got {batch_tokens}.")
+    if max_batch_tokens < 1:
+        raise ValueError(f"`max_batch_tokens` must be >= 1, got {max_batch_tokens}.")
     if max_padding is not None and not 0 <= max_padding < 1:
         raise ValueError(
             f"`max_padding` must be in [0, 1) (a fraction of a batch's tokens) or None, got {max_padding}."
@@ -50,7 +55,7 @@ def length_buckets(lengths: Sequence[int], batch_tokens: int, max_padding: float
         if batches:
             padded = (len(batches[-1]) + 1) * lengths[batches[-1][0]]
             padding = padded - real_tokens - lengths[index]
-            if padded <= batch_tokens and (max_padding is None or padding <= max_padding * padded):
+            if padded <= max_batch_tokens and (max_padding is None or padding <= max_padding * padded):
                 batches[-1].append(index)
                 real_tokens += lengths[index]
                 continue
@@ -102,9 +107,43 @@ def depth_candidate_names(config) -> tuple[str, ...]:
     return tuple(f"H({k})" for k in range(first, config.num_refinement_blocks + 1))
 
 
-def padding_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id padding uses for AdaJudge judges, which read positions from the attention mask: any id works."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+def is_adajudge(model: torch.nn.Module) -> bool:
+    """Whether `model` is an AdaJudge judge (also behind a PEFT wrapper or loaded as remote code)."""
+    return getattr(getattr(model, "config", None), "model_type", None) == AdaJudgeConfig.model_type
+
+
+def padding_id(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module | None = None) -> int:
+    """The id rows are padded with for `model` (default: an AdaJudge judge).
+
+    AdaJudge judges read positions from the attention mask, so any id works: the tokenizer's, else 0. A stock
+    `*ForSequenceClassification` reads its reward at the last token that is not `config.pad_token_id`, so padding must
+    use exactly that id.
+    """
+    if model is None or is_adajudge(model):
+        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_token_id = model.config.get_text_config().pad_token_id
+    if pad_token_id is None:
+        raise ValueError(
+            "The model config has no `pad_token_id`, so a stock sequence-classification reward model cannot score "
+            "batches (it finds the last token by the pad id). Set `model.config.pad_token_id` to a token that never "
+            "ends a response, e.g. `tokenizer.pad_token_id`, or the EOS id as RewardBench does."
+        )
+    return pad_token_id
+
+
+def plain_inputs(
+    examples: Sequence[EncodedExample], pad_token_id: int, prompt_lengths: bool = True
+) -> dict[str, torch.Tensor]:
+    """One forward pass over plain rows [prompt; response]: right-padded `input_ids` and `attention_mask` (B, L), and
+    `prompt_lengths` (B,) when asked (AdaJudge judges with known boundaries; stock models take none)."""
+    rows = [torch.tensor(example.input_ids) for example in examples]
+    inputs = {
+        "input_ids": pad_sequence(rows, batch_first=True, padding_value=pad_token_id),
+        "attention_mask": pad_sequence([torch.ones_like(row) for row in rows], batch_first=True),
+    }
+    if prompt_lengths:
+        inputs["prompt_lengths"] = torch.tensor([example.prompt_length for example in examples])
+    return inputs
 
 
 @contextmanager

@@ -17,10 +17,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from .batching import length_buckets, padding_id
+from .batching import DEFAULT_BATCH_TOKENS, length_buckets, padding_id
 from .loss import adajudge_loss
 from .modeling import AdaJudgeForRewardModeling
-from .packing import encode_packed, pad_packed
+from .packing import encode_packed, packed_inputs
 
 
 @dataclass
@@ -37,7 +37,7 @@ def extract_features(
     tokenizer: PreTrainedTokenizerBase,
     groups: Sequence[tuple[Any, Sequence[Any]]],
     max_length: int | None = None,
-    max_tokens_per_batch: int = 8192,
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     dtype: torch.dtype = torch.float16,
     show_progress: bool = True,
 ) -> list[PackedFeatures]:
@@ -47,7 +47,7 @@ def extract_features(
     halves the memory; heads compute in fp32).
     """
     rows = [encode_packed(tokenizer, prompt, responses, max_length) for prompt, responses in groups]
-    return features_of_packed_rows(model, rows, padding_id(tokenizer), max_tokens_per_batch, dtype, show_progress)
+    return features_of_packed_rows(model, rows, padding_id(tokenizer), max_batch_tokens, dtype, show_progress)
 
 
 @torch.inference_mode()
@@ -55,7 +55,7 @@ def features_of_packed_rows(
     model: AdaJudgeForRewardModeling,
     rows: Sequence[tuple[list[int], list[int], bool]],
     pad_token_id: int = 0,
-    max_tokens_per_batch: int = 8192,
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     dtype: torch.dtype = torch.float16,
     show_progress: bool = True,
 ) -> list[PackedFeatures]:
@@ -64,8 +64,8 @@ def features_of_packed_rows(
     features: list[PackedFeatures | None] = [None] * len(rows)
     lengths = [len(ids) for ids, _, _ in rows]
     progress = tqdm(total=sum(lengths), unit="tok", desc="backbone features", disable=not show_progress)
-    for batch in length_buckets(lengths, max_tokens_per_batch):
-        inputs = pad_packed([rows[index][:2] for index in batch], pad_token_id)  # (B, L) each
+    for batch in length_buckets(lengths, max_batch_tokens):
+        inputs, _ = packed_inputs([rows[index][:2] for index in batch], pad_token_id)  # (B, L) each
         segment_ids = inputs["segment_ids"]
         output = model(**{key: value.to(device) for key, value in inputs.items()}, output_hidden_states=True)
         hidden = output.hidden_states[-1]  # (B, L, D) final normed backbone states

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from .batching import item_scores
+from .batching import DEFAULT_BATCH_TOKENS, item_scores, packed_output_order
 from .tokenization import encode_prompt_response, truncate_shared_prompt
 
 
@@ -74,12 +74,30 @@ def pad_packed(
     return {key: torch.tensor(values) for key, values in batch.items()}
 
 
+def packed_inputs(
+    rows: list[tuple[list[int], list[int]]], pad_token_id: int
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """One forward pass over packed rows `(input_ids, segment_ids)`: the padded inputs, and the output positions of
+    the rows' responses, row by row (`packed_output_order`).
+
+    A pass answers N responses per row, N the most in any row, so rows with fewer get one-token filler responses
+    (`pad_token_id`) at their end; a response sees only the prompt and itself, so fillers change no other reward, and
+    their outputs are not listed."""
+    counts = [max(segments) for _, segments in rows]
+    most = max(counts)
+    filled = [
+        (ids + [pad_token_id] * (most - count), segments + list(range(count + 1, most + 1)))
+        for (ids, segments), count in zip(rows, counts)
+    ]
+    return pad_packed(filled, pad_token_id), packed_output_order(counts)
+
+
 def score_best_of_n(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompt: str | list[dict[str, Any]],
     responses: list[str] | list[list[dict[str, Any]]],
-    max_tokens_per_row: int = 8192,
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     max_length: int | None = None,
     show_progress: bool = False,
 ) -> dict[str, torch.Tensor | None]:
@@ -93,7 +111,7 @@ def score_best_of_n(
     responses_ids = [
         [token for token, segment in zip(input_ids, segment_ids) if segment == s] for s in range(1, len(responses) + 1)
     ]
-    return score_packed_ids(model, prompt_ids, responses_ids, max_tokens_per_row, show_progress)
+    return score_packed_ids(model, prompt_ids, responses_ids, max_batch_tokens, show_progress)
 
 
 @torch.inference_mode()
@@ -101,10 +119,10 @@ def score_packed_ids(
     model: PreTrainedModel,
     prompt_ids: list[int],
     responses_ids: list[list[int]],
-    max_tokens_per_row: int = 8192,
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     show_progress: bool = False,
 ) -> dict[str, torch.Tensor | None]:
-    """Score token-level responses to one prompt, packing them in order into rows of at most `max_tokens_per_row`.
+    """Score token-level responses to one prompt, packing them in order into rows of at most `max_batch_tokens`.
 
     Each row repeats the prompt once, so a prompt is encoded once per row rather than once per response. Models that
     cannot take packed inputs (bidirectional refinement, FlashAttention backbones) get one response per row, with a
@@ -119,7 +137,7 @@ def score_packed_ids(
     rows, current = [], []
     for ids in responses_ids:
         row_tokens = len(prompt_ids) + sum(map(len, current)) + len(ids)
-        if current and (not packable or row_tokens > max_tokens_per_row):
+        if current and (not packable or row_tokens > max_batch_tokens):
             rows.append(current)
             current = []
         current.append(ids)

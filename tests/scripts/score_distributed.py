@@ -40,7 +40,7 @@ def main(expected_processes: int, output_dir: Path) -> None:
             for i in range(23)
         ]
     )
-    result = evaluate_model(judge, tokenizer, "pairs", pairs, output_dir, batch_tokens=96, show_progress=False)
+    result = evaluate_model(judge, tokenizer, "pairs", pairs, output_dir, max_batch_tokens=96, show_progress=False)
     rank_file = output_dir / f"rank{state.process_index}.json"
     rank_file.write_text(json.dumps({"num_processes": state.num_processes, "accuracy": result.metrics["accuracy"]}))
 

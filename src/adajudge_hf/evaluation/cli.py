@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-length", type=int, help="encode at most this many tokens, cutting the prompt from the left"
     )
     parser.add_argument(
-        "--batch-tokens",
+        "--max-batch-tokens",
         type=int,
         default=DEFAULT_BATCH_TOKENS,
         help="padded tokens per forward pass (default: %(default)s); lower it on out-of-memory errors",
@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 @handle_errors("evaluate")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.max_batch_tokens < 1:
+        raise ValueError(f"--max-batch-tokens must be >= 1, got {args.max_batch_tokens}.")
     common = {"split": args.split, "limit": args.limit}
     try:
         if args.model == LENGTH_BASELINE:
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.data,
                 args.output_dir,
                 max_length=args.max_length,
-                batch_tokens=args.batch_tokens,
+                max_batch_tokens=args.max_batch_tokens,
                 share_prompts=args.share_prompts,
                 checkpoint=args.model,
                 precision=precision,

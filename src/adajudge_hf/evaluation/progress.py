@@ -16,8 +16,7 @@ import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-
-Result = tuple  # (index, reward, pi or None, alpha or None) of one response
+from ..batching import ItemScore
 
 
 def run_key(prompts: Sequence, responses: Sequence, **settings) -> str:
@@ -29,8 +28,9 @@ def run_key(prompts: Sequence, responses: Sequence, **settings) -> str:
     return digest.hexdigest()
 
 
-def _read(path: Path, key: str) -> list[Result] | None:
-    """The results in one progress file, or None if it belongs to another run (or has no complete header)."""
+def _read(path: Path, key: str) -> dict[int, ItemScore] | None:
+    """The scores in one progress file by response index, or None if it belongs to another run (or has no complete
+    header)."""
     lines = path.read_bytes().split(b"\n")
     try:
         header = json.loads(lines[0])
@@ -38,25 +38,25 @@ def _read(path: Path, key: str) -> list[Result] | None:
         return None
     if not isinstance(header, dict) or header.get("key") != key:
         return None
-    results = []
+    scores = {}
     for line in lines[1:]:
         try:
-            results.append(tuple(json.loads(line)))
+            index, reward, routing_weights, depth_weights = json.loads(line)
         except json.JSONDecodeError:  # the torn end of a write cut short by a crash, or the final empty line
             break
-    return results
+        scores[index] = ItemScore(reward, routing_weights, depth_weights)
+    return scores
 
 
 class ScoringProgress:
-    """The results kept in `folder` for the run `key`, and the file this process appends its batches to."""
+    """The scores kept in `folder` for the run `key`, and the file this process appends its batches to."""
 
     def __init__(self, folder: str | os.PathLike, key: str, process_index: int = 0):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.done: dict[int, Result] = {}
+        self.done: dict[int, ItemScore] = {}
         for path in sorted(self.folder.glob("scored-*.jsonl")):
-            for result in _read(path, key) or []:
-                self.done[result[0]] = result
+            self.done.update(_read(path, key) or {})
         self.path = self.folder / f"scored-{process_index}.jsonl"
         header = (json.dumps({"key": key}) + "\n").encode()
         if not self.path.is_file() or not self.path.read_bytes().startswith(header):
@@ -65,20 +65,23 @@ class ScoringProgress:
             with open(self.path, "ab") as file:  # end a torn last line, so the next batch starts on its own line
                 file.write(b"\n")
 
-    def kept(self, indices: Iterable[int]) -> list[Result] | None:
-        """The kept results of a batch's responses, or None if any of them is missing (the batch is scored again)."""
-        results = [self.done.get(index) for index in indices]
-        return None if any(result is None for result in results) else results
+    def kept(self, indices: Iterable[int]) -> list[ItemScore] | None:
+        """The kept scores of a batch's responses, or None if any of them is missing (the batch is scored again)."""
+        scores = [self.done.get(index) for index in indices]
+        return None if any(score is None for score in scores) else scores
 
-    def append(self, results: list[Result]) -> None:
-        """Keep a scored batch: one write of all its lines."""
-        payload = "".join(json.dumps(list(result)) + "\n" for result in results).encode()
+    def append(self, indices: Sequence[int], scores: Sequence[ItemScore]) -> None:
+        """Keep a scored batch (`scores` of the responses at `indices`): one write of all its lines."""
+        payload = "".join(
+            json.dumps([index, score.reward, score.routing_weights, score.depth_weights]) + "\n"
+            for index, score in zip(indices, scores)
+        ).encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
             os.write(fd, payload)
         finally:
             os.close(fd)
-        self.done.update((result[0], result) for result in results)
+        self.done.update(zip(indices, scores))
 
 
 class ScoringInterrupted(KeyboardInterrupt):

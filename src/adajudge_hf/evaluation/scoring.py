@@ -8,30 +8,31 @@ one process and n processes give the same rewards.
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from ..batching import (
     DEFAULT_BATCH_TOKENS,
+    ItemScore,
     depth_candidate_names,
     eval_mode,
+    is_adajudge,
     item_scores,
     length_buckets,
-    packed_output_order,
     padding_id,
+    plain_inputs,
     prompt_groups,
 )
-from ..modeling import AdaJudgeConfig
-from ..packing import encode_packed, pad_packed
-from ..tokenization import EncodedExample, Messages, encode_prompt_response
+from ..packing import encode_packed, packed_inputs
+from ..tokenization import Messages, encode_prompt_response
 from .progress import ScoringInterrupted, ScoringProgress, run_key
 
 
@@ -59,7 +60,7 @@ class ScoringOutput:
     seconds: float = 0.0
     encode_seconds: float = 0.0
     max_length: int | None = None
-    batch_tokens: int | None = None
+    max_batch_tokens: int | None = None
 
     @property
     def padding_fraction(self) -> float:
@@ -84,7 +85,7 @@ class ScoringOutput:
             "encode_seconds": self.encode_seconds,
             "tokens_per_second": self.tokens_per_second,
             "max_length": self.max_length,
-            "batch_tokens": self.batch_tokens,
+            "max_batch_tokens": self.max_batch_tokens,
         }
 
 
@@ -97,89 +98,49 @@ def distributed_state() -> PartialState:
     return PartialState(cpu=not torch.accelerator.is_available())
 
 
-def is_adajudge(model: torch.nn.Module) -> bool:
-    """Whether `model` is an AdaJudge judge (also behind a PEFT wrapper or loaded as remote code)."""
-    return getattr(getattr(model, "config", None), "model_type", None) == AdaJudgeConfig.model_type
+@dataclass
+class ProcessShare:
+    """What one process scored: the `ItemScore` of each of its responses by input index, and what that cost."""
+
+    scores: dict[int, ItemScore]
+    num_tokens: int
+    num_padded_tokens: int
+    num_truncated: int
+    seconds: float
+    encode_seconds: float
 
 
-def _padding_id(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, adajudge: bool) -> int:
-    if adajudge:
-        return padding_id(tokenizer)
-    # A stock `*ForSequenceClassification` reads the reward at the last token that is not `config.pad_token_id`,
-    # so padding must use exactly that id.
-    pad_token_id = model.config.get_text_config().pad_token_id
-    if pad_token_id is None:
-        raise ValueError(
-            "The model config has no `pad_token_id`, so a stock sequence-classification reward model cannot score "
-            "batches (it finds the last token by the pad id). Set `model.config.pad_token_id` to a token that never "
-            "ends a response, e.g. `tokenizer.pad_token_id`, or the EOS id as RewardBench does."
-        )
-    return pad_token_id
+Pass = tuple[list[int], Callable[[], tuple[dict[str, torch.Tensor], list[int] | None]]]
+"""The input indices of a forward pass's responses, and what builds its inputs and the output order of those
+responses (None: one row each, in order)."""
 
 
 @torch.inference_mode()
-def _score_batches(
-    model: torch.nn.Module,
-    encoded: dict[int, EncodedExample],
-    batches: list[list[int]],
-    pad_token_id: int,
-    adajudge: bool,
-    progress: tqdm,
-    kept: ScoringProgress | None,
-) -> list[tuple]:
-    """Forward every batch not `kept` on disk (keeping each new one there); returns (index, reward, pi, alpha) per
-    example."""
-    device = model.device
-    results = []
-    for batch in batches:
-        if kept is not None and (done := kept.kept(batch)) is not None:
-            results.extend(done)
-            progress.update(len(batch))
-            continue
-        rows = [torch.tensor(encoded[index].input_ids) for index in batch]
-        input_ids = pad_sequence(rows, batch_first=True, padding_value=pad_token_id)  # (B, L), right padded
-        attention_mask = pad_sequence([torch.ones_like(row) for row in rows], batch_first=True)  # (B, L)
-        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
-        if adajudge:
-            inputs["prompt_lengths"] = torch.tensor([encoded[index].prompt_length for index in batch], device=device)
-        scores = item_scores(model(**inputs))
-        batch_results = [(index, s.reward, s.routing_weights, s.depth_weights) for index, s in zip(batch, scores)]
-        if kept is not None:
-            kept.append(batch_results)
-        results.extend(batch_results)
-        progress.update(len(batch))
-    return results
-
-
-@torch.inference_mode()
-def _score_packed_batches(
-    model: torch.nn.Module,
-    packed: dict[int, tuple[list[int], list[int], bool]],
-    members: dict[int, list[int]],
-    batches: list[list[int]],
-    pad_token_id: int,
-    progress: tqdm,
-    kept: ScoringProgress | None,
-) -> list[tuple]:
-    """Forward batches of packed groups (all with the same number of responses) not `kept` on disk; (index, reward,
-    pi, alpha) each."""
-    device = model.device
-    results = []
-    for batch in batches:
-        indices = [index for group in batch for index in members[group]]
-        if kept is not None and (done := kept.kept(indices)) is not None:
-            results.extend(done)
+def _score_passes(
+    model: torch.nn.Module, passes: list[Pass], kept: ScoringProgress | None, show_progress: bool, desc: str
+) -> dict[int, ItemScore]:
+    """Run every pass not `kept` on disk (keeping each new one there) in eval mode; the score of every response by
+    index."""
+    scores = {}
+    with (
+        eval_mode(model),
+        tqdm(
+            total=sum(len(indices) for indices, _ in passes),
+            desc=desc,
+            unit="response",
+            disable=not (show_progress and distributed_state().is_main_process),
+        ) as progress,
+    ):
+        for indices, make_inputs in passes:
+            done = kept.kept(indices) if kept is not None else None
+            if done is None:
+                inputs, order = make_inputs()
+                done = item_scores(model(**{key: value.to(model.device) for key, value in inputs.items()}), order)
+                if kept is not None:
+                    kept.append(indices, done)
+            scores.update(zip(indices, done))
             progress.update(len(indices))
-            continue
-        inputs = pad_packed([packed[group][:2] for group in batch], pad_token_id)
-        outputs = model(**{key: value.to(device) for key, value in inputs.items()})
-        scores = item_scores(outputs, packed_output_order([len(members[group]) for group in batch]))
-        batch_results = [(index, s.reward, s.routing_weights, s.depth_weights) for index, s in zip(indices, scores)]
-        if kept is not None:
-            kept.append(batch_results)
-        results.extend(batch_results)
-        progress.update(len(indices))
-    return results
+    return scores
 
 
 def score_responses(
@@ -189,7 +150,7 @@ def score_responses(
     responses: Sequence[str | Messages],
     *,
     max_length: int | None = None,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     show_progress: bool = True,
     share_prompts: bool = False,
     progress_dir: str | os.PathLike | None = None,
@@ -203,7 +164,7 @@ def score_responses(
         prompts, responses: plain strings or lists of messages, as `encode_prompt_response` takes them.
         max_length: encode at most this many tokens, cutting the prompt from the left (the end of the response is
             where a reward model reads). None keeps everything.
-        batch_tokens: budget of padded tokens per forward pass; lower it on out-of-memory errors.
+        max_batch_tokens: budget of padded tokens per forward pass; lower it on out-of-memory errors.
         show_progress: show a progress bar (on the main process only).
         share_prompts: encode each prompt once for its consecutive responses (a benchmark item's responses), as one
             packed row [prompt; response 1; ...; response N]; same rewards, fewer tokens. AdaJudge judges with causal
@@ -235,16 +196,39 @@ def score_responses(
         model_id = model_id or f"{getattr(model, 'name_or_path', '')} {model.dtype} {model.config.to_json_string()}"
         key = run_key(prompts, responses, model=model_id, max_length=max_length, share_prompts=share_prompts)
         kept = ScoringProgress(progress_dir, key, state.process_index)
+    score_share = _score_shared_prompts if share_prompts else _score_plainly
     try:
-        if share_prompts:
-            return _score_shared_prompts(
-                model, tokenizer, prompts, responses, max_length, batch_tokens, show_progress, kept
-            )
-        return _score_plainly(model, tokenizer, prompts, responses, max_length, batch_tokens, show_progress, kept)
+        share = score_share(model, tokenizer, prompts, responses, max_length, max_batch_tokens, show_progress, kept)
     except KeyboardInterrupt as interrupt:
         if kept is None or isinstance(interrupt, ScoringInterrupted):
             raise
         raise ScoringInterrupted(len(kept.done), len(prompts), kept.folder) from interrupt
+    shares = gather_object([share]) if state.num_processes > 1 else [share]
+    num_truncated = sum(share.num_truncated for share in shares)
+    if num_truncated and state.is_main_process:
+        logger.warning(
+            f"{num_truncated} of {len(prompts)} examples were longer than max_length={max_length} and lost the start "
+            "of their prompt (or response); raise `max_length` to score them whole."
+        )
+    by_index = {index: score for share in shares for index, score in share.scores.items()}
+    scores = [by_index[index] for index in sorted(by_index)]
+    config = model.config
+    depth = adajudge and bool(config.num_refinement_blocks)
+    return ScoringOutput(
+        rewards=torch.tensor([score.reward for score in scores], dtype=torch.float32),
+        routing_weights=torch.tensor([score.routing_weights for score in scores]) if adajudge and scores else None,
+        depth_weights=torch.tensor([score.depth_weights for score in scores]) if depth and scores else None,
+        experts=tuple(config.experts) if adajudge else None,
+        depth_candidates=depth_candidate_names(config) if depth else None,
+        num_tokens=sum(share.num_tokens for share in shares),
+        num_padded_tokens=sum(share.num_padded_tokens for share in shares),
+        num_truncated=num_truncated,
+        num_processes=state.num_processes,
+        seconds=max(share.seconds for share in shares),
+        encode_seconds=max(share.encode_seconds for share in shares),
+        max_length=max_length,
+        max_batch_tokens=max_batch_tokens,
+    )
 
 
 def _score_plainly(
@@ -253,68 +237,35 @@ def _score_plainly(
     prompts: Sequence,
     responses: Sequence,
     max_length: int | None,
-    batch_tokens: int,
+    max_batch_tokens: int,
     show_progress: bool,
     kept: ScoringProgress | None,
-) -> ScoringOutput:
-    """`score_responses` with one row per response."""
+) -> ProcessShare:
+    """This process's share of `score_responses`, one row per response."""
     state = distributed_state()
     adajudge = is_adajudge(model)
-    pad_token_id = _padding_id(model, tokenizer, adajudge)
-
+    pad_token_id = padding_id(tokenizer, model)
     start = time.perf_counter()
     mine = range(state.process_index, len(prompts), state.num_processes)
     encoded = {
         index: encode_prompt_response(tokenizer, prompts[index], responses[index], max_length) for index in mine
     }
     encode_seconds = time.perf_counter() - start
-    batches = length_buckets([len(encoded[index].input_ids) for index in mine], batch_tokens)
+    batches = length_buckets([len(encoded[index].input_ids) for index in mine], max_batch_tokens)
     batches = [[mine[position] for position in batch] for batch in batches]
-    with (
-        eval_mode(model),
-        tqdm(
-            total=len(encoded), desc="Scoring", unit="response", disable=not (show_progress and state.is_main_process)
-        ) as progress,
-    ):
-        results = _score_batches(model, encoded, batches, pad_token_id, adajudge, progress, kept)
-    local_stats = [
-        (
-            sum(len(example.input_ids) for example in encoded.values()),
-            sum(len(batch) * len(encoded[batch[0]].input_ids) for batch in batches),
-            sum(example.truncated for example in encoded.values()),
-            time.perf_counter() - start,
-            encode_seconds,
-        )
-    ]
-    if state.num_processes > 1:
-        results, local_stats = gather_object(results), gather_object(local_stats)
-    results.sort(key=lambda result: result[0])
-    num_truncated = sum(stats[2] for stats in local_stats)
-    if num_truncated and state.is_main_process:
-        logger.warning(
-            f"{num_truncated} of {len(prompts)} examples were longer than max_length={max_length} and lost the start "
-            "of their prompt (or response); raise `max_length` to score them whole."
-        )
 
-    config = model.config
-    return ScoringOutput(
-        rewards=torch.tensor([result[1] for result in results], dtype=torch.float32),
-        routing_weights=torch.tensor([result[2] for result in results]) if adajudge and results else None,
-        depth_weights=(
-            torch.tensor([result[3] for result in results])
-            if adajudge and results and config.num_refinement_blocks
-            else None
-        ),
-        experts=tuple(config.experts) if adajudge else None,
-        depth_candidates=depth_candidate_names(config) if adajudge and config.num_refinement_blocks else None,
-        num_tokens=sum(stats[0] for stats in local_stats),
-        num_padded_tokens=sum(stats[1] for stats in local_stats),
-        num_truncated=num_truncated,
-        num_processes=state.num_processes,
-        seconds=max(stats[3] for stats in local_stats),
-        encode_seconds=max(stats[4] for stats in local_stats),
-        max_length=max_length,
-        batch_tokens=batch_tokens,
+    def inputs_of(batch: list[int]) -> tuple[dict[str, torch.Tensor], None]:
+        return plain_inputs([encoded[index] for index in batch], pad_token_id, prompt_lengths=adajudge), None
+
+    passes = [(batch, partial(inputs_of, batch)) for batch in batches]
+    scores = _score_passes(model, passes, kept, show_progress, "Scoring")
+    return ProcessShare(
+        scores,
+        num_tokens=sum(len(example.input_ids) for example in encoded.values()),
+        num_padded_tokens=sum(len(batch) * len(encoded[batch[0]].input_ids) for batch in batches),
+        num_truncated=sum(example.truncated for example in encoded.values()),
+        seconds=time.perf_counter() - start,
+        encode_seconds=encode_seconds,
     )
 
 
@@ -324,11 +275,15 @@ def _score_shared_prompts(
     prompts: Sequence,
     responses: Sequence,
     max_length: int | None,
-    batch_tokens: int,
+    max_batch_tokens: int,
     show_progress: bool,
     kept: ScoringProgress | None,
-) -> ScoringOutput:
-    """`score_responses(share_prompts=True)`: packed rows per prompt group, split across processes by group."""
+) -> ProcessShare:
+    """This process's share of `score_responses(share_prompts=True)`: packed rows per prompt group, split across
+    processes by group.
+
+    Groups are batched by response count, so that no pass carries filler responses (`packed_inputs`): offline every
+    group is known in advance, and a pass's head work grows with its rows times the most responses in a row."""
     state = distributed_state()
     start = time.perf_counter()
     groups = prompt_groups(prompts)
@@ -340,48 +295,24 @@ def _score_shared_prompts(
     }
     encode_seconds = time.perf_counter() - start
     batches = []
-    for size in sorted({len(members[g]) for g in mine}):  # a packed batch needs the same response count per row
+    for size in sorted({len(members[g]) for g in mine}):
         same = [g for g in mine if len(members[g]) == size]
-        batches += [
-            [same[p] for p in batch] for batch in length_buckets([len(packed[g][0]) for g in same], batch_tokens)
-        ]
-    with (
-        eval_mode(model),
-        tqdm(
-            total=sum(map(len, members.values())),
-            desc="Scoring (shared prompts)",
-            unit="response",
-            disable=not (show_progress and state.is_main_process),
-        ) as progress,
-    ):
-        results = _score_packed_batches(model, packed, members, batches, padding_id(tokenizer), progress, kept)
-    local_stats = [
-        (
-            sum(len(ids) for ids, _, _ in packed.values()),
-            sum(len(batch) * max(len(packed[g][0]) for g in batch) for batch in batches),
-            sum(len(members[g]) for g in mine if packed[g][2]),
-            time.perf_counter() - start,
-            encode_seconds,
-        )
-    ]
-    if state.num_processes > 1:
-        results, local_stats = gather_object(results), gather_object(local_stats)
-    results.sort(key=lambda result: result[0])
-    config = model.config
-    return ScoringOutput(
-        rewards=torch.tensor([result[1] for result in results], dtype=torch.float32),
-        routing_weights=torch.tensor([result[2] for result in results]),
-        depth_weights=torch.tensor([result[3] for result in results]) if config.num_refinement_blocks else None,
-        experts=tuple(config.experts),
-        depth_candidates=depth_candidate_names(config) if config.num_refinement_blocks else None,
-        num_tokens=sum(stats[0] for stats in local_stats),
-        num_padded_tokens=sum(stats[1] for stats in local_stats),
-        num_truncated=sum(stats[2] for stats in local_stats),
-        num_processes=state.num_processes,
-        seconds=max(stats[3] for stats in local_stats),
-        encode_seconds=max(stats[4] for stats in local_stats),
-        max_length=max_length,
-        batch_tokens=batch_tokens,
+        lengths = [len(packed[g][0]) for g in same]
+        batches += [[same[p] for p in batch] for batch in length_buckets(lengths, max_batch_tokens)]
+    pad_token_id = padding_id(tokenizer)
+
+    def inputs_of(batch: list[int]) -> tuple[dict[str, torch.Tensor], list[int]]:
+        return packed_inputs([packed[g][:2] for g in batch], pad_token_id)
+
+    passes = [([i for g in batch for i in members[g]], partial(inputs_of, batch)) for batch in batches]
+    scores = _score_passes(model, passes, kept, show_progress, "Scoring (shared prompts)")
+    return ProcessShare(
+        scores,
+        num_tokens=sum(len(ids) for ids, _, _ in packed.values()),
+        num_padded_tokens=sum(len(batch) * max(len(packed[g][0]) for g in batch) for batch in batches),
+        num_truncated=sum(len(members[g]) for g in mine if packed[g][2]),
+        seconds=time.perf_counter() - start,
+        encode_seconds=encode_seconds,
     )
 
 

@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..batching import ItemScore, depth_candidate_names, padding_id
+from ..batching import DEFAULT_BATCH_TOKENS, ItemScore, depth_candidate_names, padding_id
 from ..tokenization import EncodedExample
 from .batcher import DEFAULT_MAX_PADDING, DEFAULT_MAX_QUEUE, BatchFailed, DynamicBatcher, QueueFull
 from .metrics import ServeMetrics
@@ -56,7 +56,8 @@ DEFAULT_MAX_ITEMS_PER_REQUEST = 65536
 class ServeConfig:
     """Batching, reading and input limits of a server (the `adajudge serve` flags)."""
 
-    max_batch_tokens: int = 8192  # padded tokens per forward pass (and the most one step takes from the queue)
+    # padded tokens per forward pass (and the most one step takes from the queue)
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS
     max_wait_ms: float = 5.0  # how long the oldest queued item waits for company when the model is idle
     max_queue: int = DEFAULT_MAX_QUEUE  # queued items; a request arriving when it is full gets 503 + Retry-After
     max_length: int | None = None  # None: the backbone's max_position_embeddings

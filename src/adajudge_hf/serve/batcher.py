@@ -9,8 +9,8 @@ only its response tokens, because items sharing a prompt (a GRPO group's G compl
 [prompt; r1; ...; rN] (`adajudge_hf.packing`; the model's `segment_ids`), which computes the prompt once. Rows go
 through the model in length-bucketed forward passes (`length_buckets`) of at most `max_batch_tokens` padded tokens,
 of which at most `max_padding` is padding (rows too different in length go in separate passes).
-Rows in one pass may hold different numbers of responses: shorter rows get one-token filler responses, whose
-rewards are dropped (a response sees only the prompt and itself, so fillers change nothing else).
+Rows in one pass may hold different numbers of responses: shorter rows get one-token filler responses, whose rewards
+are dropped (`packing.packed_inputs`; a response sees only the prompt and itself, so fillers change nothing else).
 
 Items whose boundary is unknown (left to `config.response_template`) and judges that cannot take packed inputs go
 through plain padded rows. With several replicas of the model (one per device), each forward pass goes whole to an
@@ -34,10 +34,9 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
-from ..batching import ItemScore, item_scores, length_buckets, packed_output_order
-from ..packing import pack_responses, pad_packed
+from ..batching import DEFAULT_BATCH_TOKENS, ItemScore, item_scores, length_buckets, plain_inputs
+from ..packing import pack_responses, packed_inputs
 from ..tokenization import EncodedExample
 from .metrics import ServeMetrics
 
@@ -118,7 +117,7 @@ class DynamicBatcher:
         self,
         models: torch.nn.Module | Sequence[torch.nn.Module],
         pad_token_id: int,
-        max_batch_tokens: int = 8192,
+        max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
         max_wait_ms: float = 5.0,
         max_queue: int = DEFAULT_MAX_QUEUE,
         pack: bool = True,
@@ -385,24 +384,14 @@ class DynamicBatcher:
     @torch.inference_mode()
     def _forward(self, forward_pass: _Pass, model: torch.nn.Module) -> list[ItemScore]:
         """Run one pass of `model` on the calling (worker) thread; scores in the order of the pass's jobs."""
-        device = model.device
         if forward_pass.kind == "packed":
-            num_responses = max(len(members) for _, members in forward_pass.rows)
-            packed = []
-            for prompt_ids, members in forward_pass.rows:
-                responses = [job.item.input_ids[len(prompt_ids) :] for job in members]
-                fillers = [[self.pad_token_id]] * (num_responses - len(members))  # scored, then dropped
-                packed.append(pack_responses(prompt_ids, responses + fillers))
-            inputs = pad_packed(packed, self.pad_token_id)
-            order = packed_output_order([len(members) for _, members in forward_pass.rows])
+            rows = [
+                pack_responses(prompt_ids, [job.item.input_ids[len(prompt_ids) :] for job in members])
+                for prompt_ids, members in forward_pass.rows
+            ]
+            inputs, order = packed_inputs(rows, self.pad_token_id)
         else:
-            rows = [torch.tensor(job.item.input_ids) for job in forward_pass.rows]
-            inputs = {
-                "input_ids": pad_sequence(rows, batch_first=True, padding_value=self.pad_token_id),  # (B, L)
-                "attention_mask": pad_sequence([torch.ones_like(row) for row in rows], batch_first=True),  # (B, L)
-            }
-            if forward_pass.kind == "plain":
-                inputs["prompt_lengths"] = torch.tensor([job.item.prompt_length for job in forward_pass.rows])
-            order = None
-        outputs = model(**{key: value.to(device) for key, value in inputs.items()})
+            items = [job.item for job in forward_pass.rows]
+            inputs, order = plain_inputs(items, self.pad_token_id, prompt_lengths=forward_pass.kind == "plain"), None
+        outputs = model(**{key: value.to(model.device) for key, value in inputs.items()})
         return item_scores(outputs, order)

@@ -15,6 +15,7 @@ import torch
 import uvicorn
 from transformers import AutoTokenizer
 
+from ..batching import DEFAULT_BATCH_TOKENS
 from ..checkpoint import detect_judge_form
 from ..cli import accept_underscore_flags
 from ..precision import DTYPE_CHOICES, load_for_inference
@@ -43,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights dtype; auto (default): bfloat16 where the device has bf16 units (Ampere+ GPUs, CPUs with "
         "AMX-BF16 / AVX512-BF16), else float32. The heads compute in float32 either way; /info says which and why",
     )
-    parser.add_argument("--max-batch-tokens", type=int, default=8192, help="padded tokens per forward pass")
+    parser.add_argument(
+        "--max-batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per forward pass"
+    )
     parser.add_argument(
         "--max-wait-ms", type=float, default=5.0, help="how long an item waits for company when the judge is idle"
     )

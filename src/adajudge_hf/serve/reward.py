@@ -49,7 +49,7 @@ class AdaJudgeReward:
     Args:
         judge_or_url: a loaded judge, a judge folder / Hub id (loaded with `load_judge`), or server URL(s).
         tokenizer: the judge's tokenizer (read from the folder when `judge_or_url` is a path).
-        batch_tokens: padded tokens per forward pass (in-process).
+        max_batch_tokens: padded tokens per forward pass (in-process).
         max_length: tokens per item; longer items lose the start of their prompt, as in `score_responses`.
         dtype: for a folder / Hub id, the dtype its backbone is loaded in on `device`: `"auto"` (bf16 where the
             device has bf16 units, else fp32; `adajudge_hf.precision`) or a dtype name. A loaded judge keeps its own.
@@ -65,7 +65,7 @@ class AdaJudgeReward:
         self,
         judge_or_url: PreTrainedModel | str | os.PathLike,
         tokenizer: PreTrainedTokenizerBase | None = None,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
         max_length: int | None = None,
         dtype: str = "auto",
         device: str = "cpu",
@@ -80,7 +80,7 @@ class AdaJudgeReward:
         self.__name__ = "adajudge"  # the name TRL logs the rewards under
         self.judge, self.tokenizer = judge, tokenizer
         self.encoder = ItemEncoder(tokenizer, max_length)
-        self.batcher = DynamicBatcher(judge, padding_id(tokenizer), max_batch_tokens=batch_tokens)
+        self.batcher = DynamicBatcher(judge, padding_id(tokenizer), max_batch_tokens=max_batch_tokens)
 
     def __call__(
         self, prompts: list[str | Messages], completions: list[str | Messages], **kwargs
