@@ -1,14 +1,26 @@
 """Shared fixtures: tiny offline backbones and tokenizers, a few encoded chats and preference pairs (plain and packed),
-the benchmark slices in `tests/data`, and the optional full benchmark files of `../shared/benchmarks`
-(`ADAJUDGE_SHARED_BENCHMARKS` points elsewhere, e.g. at nothing)."""
+a learnable synthetic preference dataset, the benchmark slices in `tests/data`, the optional full benchmark files of
+`../shared/benchmarks` (`ADAJUDGE_SHARED_BENCHMARKS` points elsewhere, e.g. at nothing), a stand-in Hub (`hub`), an
+in-process client of the reward server (`asgi_client`) and a runner for scripts under `accelerate launch`."""
 
+import asyncio
 import functools
 import importlib.util
+import json
 import os
+import random
+import subprocess
+import time
+from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
+import httpx
 import pytest
 import torch
+from datasets import Dataset
+from hub_stand_in import HubStandIn
+from huggingface_hub import constants, get_session
 
 from adajudge_hf import AdaJudgeForRewardModeling
 from adajudge_hf.packing import pack_responses
@@ -166,3 +178,94 @@ def plain_batch(plain, pad_id):
         "attention_mask": torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in rows]),
         "prompt_lengths": torch.tensor([e.prompt_length for e in rows]),
     }
+
+
+WORDS = "the quick brown fox jumps over lazy dog reward model scores how response prompt capital France Paris".split()
+
+
+def synthetic_pairs(n: int, seed: int = 0, **extra_columns) -> Dataset:
+    """A learnable task: the same random answer, ending in "good" (chosen) or "bad" (rejected)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        body = " ".join(rng.choices(WORDS, k=rng.randint(2, 6)))
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": " ".join(rng.choices(WORDS, k=4)) + "?"}],
+                "chosen": [{"role": "assistant", "content": body + " good"}],
+                "rejected": [{"role": "assistant", "content": body + " bad"}],
+            }
+        )
+    dataset = Dataset.from_list(rows)
+    for name, values in extra_columns.items():
+        dataset = dataset.add_column(name, values)
+    return dataset
+
+
+BACKBONE_REPO = "org/tiny-qwen3"
+"""The Hub id tests upload the tiny backbone to, so that adapter and heads checkpoints name a Hub backbone."""
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A stand-in Hub at HF_ENDPOINT, an empty HF cache, no token anywhere, and uploads without Xet."""
+    home = tmp_path / "hf_home"
+    for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    # huggingface_hub >= 2 records agent harnesses under HF_HOME; older releases have no such file
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / "agent_harnesses.json"), raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    # hf_xet uploads go to a CAS server the stand-in does not implement; without it the client uses git LFS.
+    monkeypatch.setattr("huggingface_hub.hf_api.is_xet_available", lambda: False, raising=False)  # hub >= 2
+    monkeypatch.setattr("huggingface_hub._commit_api.is_xet_available", lambda: False)
+    with HubStandIn() as server:
+        # huggingface_hub reads HF_ENDPOINT at import, so the already-imported module is pointed at it as well.
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+        template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        # huggingface_hub < 2 posts card validation to https://huggingface.co itself rather than to the endpoint.
+        session = get_session()
+        to_stand_in = SimpleNamespace(
+            post=lambda url, **kw: session.post(url.replace("https://huggingface.co", server.endpoint), **kw)
+        )
+        monkeypatch.setattr("huggingface_hub.repocard.get_session", lambda: to_stand_in)
+        yield server
+
+
+def go_offline(hub: HubStandIn, monkeypatch) -> None:
+    """Stop the stand-in and switch on HF_HUB_OFFLINE: from here on, only the local cache can serve files."""
+    hub.stop()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@asynccontextmanager
+async def asgi_client(app):
+    """The app with its lifespan running, once it reports healthy."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://judge", timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while (await client.get("/health")).status_code != 200:
+                assert time.monotonic() < deadline, "the server did not warm up within 60 s"
+                await asyncio.sleep(0.01)
+            yield client
+
+
+def run_script(command: list[str], timeout: float = 600, **env: str) -> None:
+    """Run a test script (often under `accelerate launch`) offline with one thread per process; when it fails, the
+    assertion shows the end of its output."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1", **env}
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+
+def loss_logs(output_dir: Path) -> list[dict]:
+    """The logged training steps (those with a loss) of a training script's `log_history.json`."""
+    return [log for log in json.loads((output_dir / "log_history.json").read_text()) if "loss" in log]

@@ -5,13 +5,12 @@ asserts a world size of 2, since a misconfigured launch silently runs one proces
 """
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_script
 
 from adajudge_hf.testing import free_port
 
@@ -20,9 +19,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "score_distributed.py"
 
 
 def run(command: list[str], output_dir: Path) -> tuple[dict, list[dict]]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    run_script(command, timeout=300, PYTHONUNBUFFERED="1")
     metrics = json.loads((output_dir / "metrics.json").read_text())
     records = [json.loads(line) for line in (output_dir / "rewards.jsonl").read_text().splitlines()]
     return metrics, records

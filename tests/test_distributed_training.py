@@ -5,13 +5,12 @@ while `--cpu --num_processes 2` silently runs one: the script asserts a world si
 """
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import loss_logs, run_script
 
 from adajudge_hf.testing import free_port
 
@@ -19,21 +18,15 @@ from adajudge_hf.testing import free_port
 SCRIPT = Path(__file__).parent / "scripts" / "train_distributed.py"
 
 
-def run(command: list[str], output_dir: Path) -> list[dict]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return [log for log in json.loads((output_dir / "log_history.json").read_text()) if "loss" in log]
-
-
 @pytest.mark.slow
 def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(tmp_path):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     single, double = tmp_path / "one", tmp_path / "two"
-    one = run([sys.executable, str(SCRIPT), "1", "8", str(single)], single)
+    run_script([sys.executable, str(SCRIPT), "1", "8", str(single)])
     launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
-    two = run(launch + [str(SCRIPT), "2", "4", str(double)], double)
+    run_script(launch + [str(SCRIPT), "2", "4", str(double)])
+    one, two = loss_logs(single), loss_logs(double)
 
     assert [json.loads((double / f"rank{rank}.json").read_text())["num_processes"] for rank in (0, 1)] == [2, 2]
     assert [log["step"] for log in two] == [log["step"] for log in one] == list(range(1, 7))

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import randomize_head, with_random_lora
+from conftest import BACKBONE_REPO, asgi_client, go_offline, randomize_head, with_random_lora
 from datasets import Dataset
 from hub_stand_in import HubStandIn
 from huggingface_hub import HfApi, snapshot_download
 from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file, save_file
-from test_hub import BACKBONE_REPO, go_offline, hub  # noqa: F401  (`hub` is a fixture)
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback, pipeline
 from trl import GRPOConfig, GRPOTrainer, RewardConfig, RewardTrainer
 
@@ -113,8 +112,6 @@ def test_every_form_serves_the_same_rewards(judges, form, dtype, atol):
     """`adajudge serve FOLDER [--dtype]`'s loader and app: /classify (the whole conversation, as verl sends it) and
     /score (prompt and response messages, as slime sends them) answer the rewards of the saved model."""
     import asyncio
-
-    from test_serve import asgi_client
 
     from adajudge_hf.serve import create_app, load_for_serving
 
@@ -232,7 +229,7 @@ def test_evaluate_cli_scores_every_form_like_the_saved_model(judges, form, tmp_p
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_every_form_opens_by_repo_id_offline(hub: HubStandIn, tmp_path, monkeypatch, form):  # noqa: F811
+def test_every_form_opens_by_repo_id_offline(hub: HubStandIn, tmp_path, monkeypatch, form):
     backbone = save_tiny_causal_lm(tmp_path / "backbone")
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     model = trained(backbone, form)
@@ -253,7 +250,7 @@ def test_every_form_opens_by_repo_id_offline(hub: HubStandIn, tmp_path, monkeypa
         torch.testing.assert_close(rewards(opened, tokenizer), expected, rtol=0, atol=ATOL, msg=door)
 
 
-def test_heads_checkpoints_of_a_full_judge_from_the_hub_name_that_repo(hub: HubStandIn, tmp_path, monkeypatch):  # noqa: F811
+def test_heads_checkpoints_of_a_full_judge_from_the_hub_name_that_repo(hub: HubStandIn, tmp_path, monkeypatch):
     """Training the heads of a full judge given by Hub repo id: its backbone is fine-tuned, so the heads checkpoints
     must read their backbone from that repo, not from the original backbone its config records."""
     backbone = save_tiny_causal_lm(tmp_path / "backbone")
@@ -573,7 +570,7 @@ def test_grpo_takes_a_lora_checkpoint_as_the_judge_at_that_step(training_runs, t
 
 
 @pytest.mark.slow
-def test_a_checkpoint_pushes_without_its_trainer_state_and_loads_by_repo_id(training_runs, hub, monkeypatch):  # noqa: F811
+def test_a_checkpoint_pushes_without_its_trainer_state_and_loads_by_repo_id(training_runs, hub, monkeypatch):
     output_dir, _, saves = training_runs["lora"]
     checkpoint = output_dir / "checkpoint-1"
     assert (checkpoint / "optimizer.pt").is_file()  # Trainer's resume state sits beside the judge

@@ -9,13 +9,12 @@ import subprocess
 import sys
 from importlib.resources import files
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import randomize_head, with_random_lora
-from hub_stand_in import HubStandIn, metadata_errors
-from huggingface_hub import HfApi, ModelCard, constants, get_session, snapshot_download
+from conftest import BACKBONE_REPO, go_offline, randomize_head, with_random_lora
+from hub_stand_in import metadata_errors
+from huggingface_hub import HfApi, ModelCard, constants, snapshot_download
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from adajudge_hf import AdaJudgeForRewardModeling
@@ -35,7 +34,6 @@ from adajudge_hf.modeling import REMOTE_CODE_FILES
 from adajudge_hf.testing import save_tiny_causal_lm
 
 
-BACKBONE_REPO = "org/tiny-qwen3"
 CHATS = [
     [
         {"role": "user", "content": "What is the capital of France?"},
@@ -46,45 +44,6 @@ CHATS = [
         {"role": "assistant", "content": "Mix flour, water, salt and yeast, then knead and bake."},
     ],
 ]
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A stand-in Hub at HF_ENDPOINT, an empty HF cache, no token anywhere, and uploads without Xet."""
-    home = tmp_path / "hf_home"
-    for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    # huggingface_hub >= 2 records agent harnesses under HF_HOME; older releases have no such file
-    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / "agent_harnesses.json"), raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    # hf_xet uploads go to a CAS server the stand-in does not implement; without it the client uses git LFS.
-    monkeypatch.setattr("huggingface_hub.hf_api.is_xet_available", lambda: False, raising=False)  # hub >= 2
-    monkeypatch.setattr("huggingface_hub._commit_api.is_xet_available", lambda: False)
-    with HubStandIn() as server:
-        # huggingface_hub reads HF_ENDPOINT at import, so the already-imported module is pointed at it as well.
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-        template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-        # huggingface_hub < 2 posts card validation to https://huggingface.co itself rather than to the endpoint.
-        session = get_session()
-        to_stand_in = SimpleNamespace(
-            post=lambda url, **kw: session.post(url.replace("https://huggingface.co", server.endpoint), **kw)
-        )
-        monkeypatch.setattr("huggingface_hub.repocard.get_session", lambda: to_stand_in)
-        yield server
-
-
-def go_offline(hub: HubStandIn, monkeypatch) -> None:
-    """Stop the stand-in and switch on HF_HUB_OFFLINE: from here on, only the local cache can serve files."""
-    hub.stop()
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def rewards(model, tokenizer) -> torch.Tensor:

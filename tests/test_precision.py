@@ -21,9 +21,8 @@ import math
 
 import pytest
 import torch
-from conftest import encode, encode_pairs, pad_batch, plain_batch, randomize_head
+from conftest import asgi_client, encode, encode_pairs, pad_batch, plain_batch, randomize_head, synthetic_pairs
 from peft import LoraConfig
-from test_trainer import synthetic_pairs
 from transformers import TrainerCallback
 
 from adajudge_hf import AdaJudgeForRewardModeling, load_judge, save_judge
@@ -95,7 +94,8 @@ def rewards(model, examples, pad_id, side="right"):
 def test_every_backbone_and_heads_dtype_runs_and_tracks_fp32(
     make_judge, tiny_tokenizer, num_refinement_blocks, backbone, heads
 ):
-    """bf16 heads used to crash for K >= 1 (`expected m1 and m2 to have the same dtype`)."""
+    """Every backbone dtype with every heads dtype, with and without refinement blocks, runs (no dtype mismatch
+    between states and head weights) and gives rewards within that precision's tolerance of fp32."""
     model = randomize_head(make_judge(num_refinement_blocks=num_refinement_blocks))
     examples, pad = encode(tiny_tokenizer), tiny_tokenizer.pad_token_id
     expected = rewards(model, examples, pad)
@@ -158,7 +158,8 @@ def test_save_and_load_round_trip_in_every_precision(
 
 @pytest.mark.parametrize("precision", ["fp16", "fp16-backbone", "bf16"])
 def test_long_half_precision_inputs_do_not_overflow(make_judge, precision):
-    """Masked means of 4,096 states around 20 used to overflow fp16 (sum before dividing): NaN reward and alpha."""
+    """Masked means over 4,096 states around 20 stay finite in fp16 and bf16 (each state is weighted before the sum,
+    which would overflow fp16), and rewards, pi and alpha track fp32."""
     model = randomize_head(make_judge(num_refinement_blocks=2), std=0.02)
     states = 20 + torch.randn(1, 4096, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     prompt_lengths = torch.tensor([1000])
@@ -174,7 +175,7 @@ def test_long_half_precision_inputs_do_not_overflow(make_judge, precision):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, "auto"])
 def test_heads_form_of_a_bf16_judge_loads_and_scores_in_half_precision(tiny_tokenizer, tmp_path, dtype):
     """The GPU default path: `from_backbone(dtype=bf16)`, heads saved alone (as FSDP/ZeRO saves write them, in bf16),
-    `load_judge(..., dtype=...)`; K >= 1 used to crash with bf16 heads."""
+    `load_judge(..., dtype=...)` with K >= 1 refinement blocks, scores with the rewards of the judge it saved."""
     backbone = save_tiny_causal_lm(tmp_path / "backbone")
     judge = AdaJudgeForRewardModeling.from_backbone(backbone, dtype=torch.bfloat16, num_refinement_blocks=2)
     judge = randomize_head(judge.eval()).to(torch.bfloat16)
@@ -330,8 +331,6 @@ def test_evaluate_records_the_dtype_and_why_in_metrics_json(make_judge, tiny_tok
 
 
 def test_serve_info_says_which_dtype_and_why(make_judge, tiny_tokenizer, tmp_path):
-    from test_serve import asgi_client
-
     from adajudge_hf.serve import create_app, load_for_serving
 
     save_judge(make_judge(), tmp_path / "judge", form="full", tokenizer=tiny_tokenizer)

@@ -4,12 +4,13 @@ the faults, and the TRL reward function. In-process through httpx's ASGI transpo
 import asyncio
 import threading
 import time
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 
 import httpx
 import pytest
 import torch
 import uvicorn
+from conftest import asgi_client
 
 from adajudge_hf import AdaJudgeForRewardModeling, testing
 from adajudge_hf.evaluation import score_responses
@@ -56,19 +57,6 @@ def render(tokenizer, prompt, response=None) -> str:
     if response is None:
         return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     return tokenizer.apply_chat_template(prompt + response, tokenize=False)
-
-
-@asynccontextmanager
-async def asgi_client(app):
-    """The app with its lifespan running, once it reports healthy."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://judge", timeout=30) as client:
-            deadline = time.monotonic() + 60
-            while (await client.get("/health")).status_code != 200:
-                assert time.monotonic() < deadline, "the server did not warm up within 60 s"
-                await asyncio.sleep(0.01)
-            yield client
 
 
 def serve(judge, tokenizer, policy_tokenizer=None, **config) -> object:

@@ -9,14 +9,13 @@ the code a multi-GPU run executes. DeepSpeed runs as is with its CPU accelerator
 """
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_script
 from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -43,19 +42,15 @@ RUNS = {  # name: (sharding, extra `adajudge train` flags, saved form, reward to
 }
 
 
-def run(command: list[str]) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
-    env["DS_ACCELERATOR"] = "cpu"
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-
-
 def sharded_launch(sharding: str, script: str, *args: str) -> None:
     if sharding == "fsdp":
         config, command = CONFIGS / "fsdp2_cpu.yaml", [str(SCRIPTS / "fsdp_on_cpu.py"), str(SCRIPTS / script)]
     else:
         config, command = CONFIGS / "deepspeed_zero3_cpu.yaml", [str(SCRIPTS / script)]
-    run([ACCELERATE, "launch", "--config_file", str(config), "--main_process_port", str(free_port()), *command, *args])
+    run_script(
+        [ACCELERATE, "launch", "--config_file", str(config), "--main_process_port", str(free_port()), *command, *args],
+        DS_ACCELERATOR="cpu",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +95,7 @@ def probe_rewards(model, folder: Path) -> torch.Tensor:
 
 def test_fsdp2_shards_the_judge_and_follows_the_loss_curve_of_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    run([sys.executable, str(SCRIPTS / "train_distributed.py"), "1", "8", str(one)])
+    run_script([sys.executable, str(SCRIPTS / "train_distributed.py"), "1", "8", str(one)])
     sharded_launch("fsdp", "train_distributed.py", "2", "4", str(two))
 
     ranks = [json.loads((two / f"rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -140,10 +135,10 @@ def test_two_process_scoring_of_an_fsdp_saved_judge_matches_one_process(trained,
     folder, _ = trained["fsdp-lora"]
     evaluate = ["-m", "adajudge_hf.evaluation.cli", "--model", str(folder), "--benchmark", "pairs"]
     evaluate += ["--data", str(workspace / "prefs.jsonl")]
-    run([sys.executable, *evaluate, "--output-dir", str(tmp_path / "one")])
+    run_script([sys.executable, *evaluate, "--output-dir", str(tmp_path / "one")])
     launch = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
-    run(launch + evaluate + ["--output-dir", str(tmp_path / "two")])
+    run_script(launch + evaluate + ["--output-dir", str(tmp_path / "two")])
 
     one, two = (
         [json.loads(line) for line in (tmp_path / d / "rewards.jsonl").read_text().splitlines()]

@@ -135,7 +135,8 @@ def test_bad_data_arguments_are_explained(backbone, tmp_path, capsys):
 
 
 def test_unreadable_training_files_are_named_with_the_line(backbone, tmp_path, capsys):
-    """Issue 12: an empty file ended in `StopIteration`, a malformed line in `DatasetGenerationError`."""
+    """An empty or row-less training file, or a malformed line, gives an error that names the file (and the line),
+    not a `StopIteration` or `DatasetGenerationError` from deep inside `datasets`."""
     base = ["train", "--model_name_or_path", str(backbone), "--output_dir", str(tmp_path / "out"), *CPU]
     cases = {
         "empty.jsonl": ("", "{path} is empty"),

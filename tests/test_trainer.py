@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import randomize_head
+from conftest import WORDS, loss_logs, randomize_head, run_script, synthetic_pairs
 from datasets import Dataset, IterableDataset
 from peft import LoraConfig, PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
@@ -19,31 +19,11 @@ from trl import RewardConfig, RewardTrainer
 from adajudge_hf import AdaJudgeForRewardModeling
 from adajudge_hf.checkpoint import detect_judge_form, load_judge, save_judge
 from adajudge_hf.lora import BACKBONE_TARGET_MODULES, adajudge_lora_config
-from adajudge_hf.testing import make_tiny_judge, save_tiny_causal_lm
+from adajudge_hf.testing import free_port, make_tiny_judge, save_tiny_causal_lm
 from adajudge_hf.trainer import AdaJudgeRewardConfig, AdaJudgeRewardTrainer, NonFiniteLossError
 
 
 SHORT_BATCH_SEED = 3
-WORDS = "the quick brown fox jumps over lazy dog reward model scores how response prompt capital France Paris".split()
-
-
-def synthetic_pairs(n: int, seed: int = 0, **extra_columns) -> Dataset:
-    """A learnable task: the same random answer, ending in "good" (chosen) or "bad" (rejected)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        body = " ".join(rng.choices(WORDS, k=rng.randint(2, 6)))
-        rows.append(
-            {
-                "prompt": [{"role": "user", "content": " ".join(rng.choices(WORDS, k=4)) + "?"}],
-                "chosen": [{"role": "assistant", "content": body + " good"}],
-                "rejected": [{"role": "assistant", "content": body + " bad"}],
-            }
-        )
-    dataset = Dataset.from_list(rows)
-    for name, values in extra_columns.items():
-        dataset = dataset.add_column(name, values)
-    return dataset
 
 
 def unequal_pairs(n: int, seed: int = 0) -> Dataset:
@@ -493,7 +473,8 @@ STRENGTHS = [1.0, 9.0, 4.0, 16.0]  # sqrt: 1, 3, 2, 4; mean 2.5
 
 
 def test_strength_weights_are_dataset_level_even_at_one_pair_per_device(tiny_tokenizer, tmp_path):
-    """Issue 12: per-micro-batch normalisation made every weight 1 at `per_device_train_batch_size=1`."""
+    """Preference-strength weights are normalised over the whole dataset, so they differ between pairs even when a
+    micro-batch holds one pair (normalising per micro-batch would make every weight 1)."""
     judge = randomize_head(new_judge(tiny_tokenizer))
     dataset = synthetic_pairs(4, overall=STRENGTHS)
     weighted = AdaJudgeRewardTrainer(
@@ -545,15 +526,15 @@ def test_gradient_accumulation_weights_pairs_like_one_big_batch(tiny_tokenizer, 
 
 @pytest.mark.slow
 def test_two_processes_with_one_pair_each_weight_pairs_like_one_process(tmp_path):
-    """Issue 12: under DDP each rank normalised the strength weights of its own micro-batch (all 1 at one pair)."""
-    from test_distributed_training import free_port, run
-
+    """Under DDP with one pair per rank, strength weights stay dataset-level: two processes follow the loss and
+    gradient norms of one process."""
     script = Path(__file__).parent / "scripts" / "train_weighted_distributed.py"
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    one = run([sys.executable, str(script), "1", "8", "1", str(tmp_path / "one")], tmp_path / "one")
+    run_script([sys.executable, str(script), "1", "8", "1", str(tmp_path / "one")])
     launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
-    two = run(launch + [str(script), "2", "1", "4", str(tmp_path / "two")], tmp_path / "two")
+    run_script(launch + [str(script), "2", "1", "4", str(tmp_path / "two")])
+    one, two = loss_logs(tmp_path / "one"), loss_logs(tmp_path / "two")
     assert [log["step"] for log in two] == [log["step"] for log in one] == [1, 2, 3]
     for one_log, two_log in zip(one, two):
         assert two_log["loss"] == pytest.approx(one_log["loss"], rel=1e-4, abs=1e-6), (one_log, two_log)
@@ -576,7 +557,7 @@ def test_bad_input_is_reported(tiny_tokenizer, tmp_path, caplog):
         AdaJudgeRewardTrainer(
             new_judge(tiny_tokenizer), args, train_dataset=synthetic_pairs(4), processing_class=no_template
         )
-    empty = Dataset.from_dict({"prompt": [], "chosen": [], "rejected": []})  # was "Column '_adajudge_drop_reason' ..."
+    empty = Dataset.from_dict({"prompt": [], "chosen": [], "rejected": []})
     with pytest.raises(ValueError, match=r"The train dataset is empty \(0 rows\)"):
         AdaJudgeRewardTrainer(new_judge(tiny_tokenizer), args, train_dataset=empty, processing_class=tiny_tokenizer)
     with pytest.raises(ValueError, match="Every preference strength is 0"):
@@ -605,10 +586,9 @@ def test_bad_input_is_reported(tiny_tokenizer, tmp_path, caplog):
 
 @pytest.mark.parametrize("lengths", ["equal", "unequal"])
 def test_packed_layout_gives_the_same_loss_and_gradients(tiny_tokenizer, tmp_path, lengths):
-    """Issue 9: one row [prompt; chosen; rejected] per pair, same loss and gradients as the plain layout.
-
-    Issue 12: also for responses of unequal length cut by `max_length`. Before a pair's prompt was cut once for both
-    rows, the plain chosen row kept more prompt than the packed one: loss 0.3121 plain vs 0.2949 packed here."""
+    """One row [prompt; chosen; rejected] per pair gives the loss and gradients of the plain layout, also for
+    responses of unequal length cut by `max_length`: a pair's prompt is cut once for both rows, so the plain rows keep
+    exactly the prompt the packed row keeps."""
     if lengths == "equal":
         dataset, max_length = synthetic_pairs(8, margin=[0.0, 0.5] * 4), 24  # truncation cuts some prompts
     else:
