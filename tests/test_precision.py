@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,11 +27,13 @@ from peft import LoraConfig
 from transformers import TrainerCallback
 
 from adajudge_hf import AdaJudgeForRewardModeling, load_judge, save_judge
+from adajudge_hf import precision as precision_module
 from adajudge_hf.cli import main as cli_main
+from adajudge_hf.compat import CPU_BF16_FLAGS, cpu_capabilities
 from adajudge_hf.demo import DemoArguments
 from adajudge_hf.evaluation.cli import main as evaluate_main
 from adajudge_hf.packing import pad_packed
-from adajudge_hf.precision import Precision, load_for_inference, resolve_bf16_training, resolve_dtype
+from adajudge_hf.precision import Precision, load_for_inference, native_bf16, resolve_bf16_training, resolve_dtype
 from adajudge_hf.testing import make_tiny_judge_config, save_tiny_causal_lm
 from adajudge_hf.trainer import AdaJudgeRewardConfig, AdaJudgeRewardTrainer
 
@@ -192,9 +195,26 @@ def test_heads_form_of_a_bf16_judge_loads_and_scores_in_half_precision(tiny_toke
 
 
 def cpu_with(monkeypatch, **flags):
-    """Pretend the CPU reports these `torch.cpu.get_capabilities()` flags (an x86 CPU without bf16 units otherwise)."""
+    """Pretend the CPU reports these capability flags (an x86 CPU without bf16 units otherwise)."""
     capabilities = {"architecture": "x86_64", "cpu_name": "test CPU", "avx2": True, "amx_bf16": False}
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {**capabilities, "avx512_bf16": False, **flags})
+    monkeypatch.setattr(precision_module, "cpu_capabilities", lambda: {**capabilities, "avx512_bf16": False, **flags})
+
+
+def test_cpu_capabilities_come_from_proc_cpuinfo_where_torch_cannot_tell(monkeypatch):
+    """torch before 2.8 has no `torch.cpu.get_capabilities`; the bf16 unit flags are then read from /proc/cpuinfo,
+    present or not, and agree with torch's where both exist."""
+    if not Path("/proc/cpuinfo").exists():
+        pytest.skip("needs Linux's /proc/cpuinfo")
+    from_torch = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else None
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
+    capabilities = cpu_capabilities()
+    bf16_flags = CPU_BF16_FLAGS.get(capabilities["architecture"], {})
+    assert bf16_flags, f"no bf16 flags known for {capabilities['architecture']}"
+    for flag in bf16_flags:
+        assert isinstance(capabilities[flag], bool)
+        if from_torch is not None and flag in from_torch:
+            assert capabilities[flag] == from_torch[flag]
+    assert native_bf16("cpu")[0] == any(capabilities[flag] for flag in bf16_flags)
 
 
 @pytest.mark.parametrize("flag", ["amx_bf16", "avx512_bf16"])

@@ -1,13 +1,14 @@
 """What differs between the library versions setup.cfg accepts, in one place.
 
-setup.cfg states ranges (transformers from 5.5.3, the floor of verl 0.9.1); `make test-min` runs the default suite
-at the lowest versions (`constraints/min.txt`) and `make test` at today's (`constraints/lock.txt`). Code elsewhere
-calls these helpers instead of testing versions itself.
+setup.cfg states ranges; `make test-min` runs the default suite at the lowest versions (`constraints/min.txt`) and
+`make test` at today's (`constraints/lock.txt`). Code elsewhere calls these helpers instead of testing versions itself.
 """
 
+import platform
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, TrainingArguments
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
@@ -68,3 +69,37 @@ def load_gguf_tokenizer(gguf_path: str | Path) -> PreTrainedTokenizerFast:
         if token_id is not None:
             setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
     return tokenizer
+
+
+CPU_BF16_FLAGS = {
+    "x86_64": {"amx_bf16": "amx_bf16", "avx512_bf16": "avx512_bf16"},
+    "aarch64": {"bf16": "bf16", "sve_bf16": "svebf16"},
+}
+"""Flags of bf16 arithmetic units per architecture: `torch.cpu.get_capabilities()`'s name -> /proc/cpuinfo's name."""
+
+
+def cpu_capabilities() -> dict:
+    """`torch.cpu.get_capabilities()`: the CPU's name, architecture and feature flags.
+
+    torch before 2.8 has no such function; there the same keys come from Linux's /proc/cpuinfo, with the bf16 unit
+    flags of this architecture present (True or False) so that their absence is stated rather than implied.
+    """
+    if hasattr(torch.cpu, "get_capabilities"):
+        return torch.cpu.get_capabilities()
+    architecture = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+    flags, name = set(), ""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("flags", "features"):
+            flags.update(value.split())
+        elif key == "model name" and not name:
+            name = value.strip()
+    capabilities = {"architecture": architecture, "cpu_name": name, **dict.fromkeys(flags, True)}
+    for flag, cpuinfo_name in CPU_BF16_FLAGS.get(architecture, {}).items():
+        capabilities[flag] = cpuinfo_name in flags
+    return capabilities

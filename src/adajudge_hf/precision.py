@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from .checkpoint import load_judge
+from .compat import CPU_BF16_FLAGS, cpu_capabilities
 from .modeling import AdaJudgeConfig
 from .modeling.loading_adajudge import check_local_checkpoint
 
@@ -35,9 +36,6 @@ logger = logging.getLogger(__name__)
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 """Values of every `--dtype` flag: `auto` (bf16 where the device runs it natively, else fp32) or a dtype."""
-
-CPU_BF16_FEATURES = ("amx_bf16", "avx512_bf16", "bf16", "sve_bf16")
-"""`torch.cpu.get_capabilities()` flags of bf16 arithmetic units: x86 AMX-BF16 / AVX512-BF16, Arm BF16 / SVE-BF16."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +64,8 @@ def native_bf16(device: str | torch.device) -> tuple[bool, str]:
         native = bool(torch.version.hip) or major >= 8
         return native, f"{name} (compute capability {major}.{minor}) {'has' if native else 'lacks'} bf16 units"
     if device.type == "cpu":
-        capabilities = torch.cpu.get_capabilities()
-        known = [flag for flag in CPU_BF16_FEATURES if flag in capabilities]  # this architecture's flags
+        capabilities = cpu_capabilities()
+        known = [flag for flags in CPU_BF16_FLAGS.values() for flag in flags if flag in capabilities]  # this arch's
         found = [flag for flag in known if capabilities[flag]]
         cpu = f"CPU {capabilities.get('cpu_name') or capabilities.get('architecture', '')}".rstrip()
         if found:
