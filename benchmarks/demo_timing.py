@@ -40,10 +40,9 @@ JUDGE_DIRS = {  # the demo's table rows and their report folders (`adajudge_hf.d
 
 
 def run_demo(dtype: str, output_dir: Path, demo_args: list[str], timeout: int) -> dict:
-    """One `adajudge demo --dtype ...` under `/usr/bin/time -v`: wall seconds, peak RSS, the demo's summary."""
+    """One `adajudge demo --dtype ...` under `/usr/bin/time -v`, its output kept in `output_dir/demo.log`."""
     command = [sys.executable, "-m", "adajudge_hf.cli", "demo", *demo_args, "--output-dir", str(output_dir)]
     command += ["--dtype", str(DTYPES[dtype]).removeprefix("torch.")]
-    began = time.perf_counter()
     process = subprocess.Popen(
         ["/usr/bin/time", "-v", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group: a timeout stops the demo too, not only `time`
@@ -54,15 +53,22 @@ def run_demo(dtype: str, output_dir: Path, demo_args: list[str], timeout: int) -
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         return {"timed_out": True, "wall_s": timeout, "peak_rss_mb": None, "demo_seconds": None, "summary": None}
-    wall = time.perf_counter() - began
+    output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "demo.log").write_text(stdout + stderr)
     if process.returncode != 0:
         raise RuntimeError(f"demo in {dtype} failed ({process.returncode}): see {output_dir / 'demo.log'}")
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1))
+    return finished_run(output_dir)
+
+
+def finished_run(output_dir: Path) -> dict:
+    """A finished demo run read back from its folder: wall time and peak RSS from `/usr/bin/time -v` in its log."""
+    log = (output_dir / "demo.log").read_text()
+    elapsed = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", log).group(1)
+    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", log).group(1))
     summary = json.loads((output_dir / "summary.json").read_text())
     return {
         "timed_out": False,
-        "wall_s": wall,
+        "wall_s": sum(float(part) * 60**power for power, part in enumerate(reversed(elapsed.split(":")))),
         "peak_rss_mb": peak_kb / 1024,
         "demo_seconds": summary["seconds"],
         "summary": summary,
@@ -74,8 +80,9 @@ def held_out_correct(output_dir: Path, judge_dir: str) -> torch.Tensor:
     return torch.tensor([float(json.loads(line)["correct"]) for line in records])
 
 
-def reward_differences(judge_dir: Path, output_dir: Path) -> dict:
-    """The packaged judge's held-out rewards with the backbone in fp32 and in bf16 (heads fp32 both times)."""
+def reward_differences(judge_dir: Path, output_dir: Path, max_length: int | None) -> dict:
+    """The packaged judge's held-out rewards with the backbone in fp32 and in bf16 (heads fp32 both times), encoded
+    at the demo's `max_length`."""
     from adajudge_hf import load_judge
     from adajudge_hf.evaluation import evaluate_model
 
@@ -86,7 +93,9 @@ def reward_differences(judge_dir: Path, output_dir: Path) -> dict:
 
         tokenizer = AutoTokenizer.from_pretrained(judge_dir)
         began = time.perf_counter()
-        result = evaluate_model(judge, tokenizer, "pairs", str(output_dir / "held_out.jsonl"), show_progress=False)
+        result = evaluate_model(
+            judge, tokenizer, "pairs", str(output_dir / "held_out.jsonl"), max_length=max_length, show_progress=False
+        )
         seconds[dtype] = time.perf_counter() - began
         rewards[dtype] = torch.tensor(
             [r for rec in result.records for r in (rec["score_chosen"], rec["score_rejected"])]
@@ -120,20 +129,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=3600, help="seconds one demo run may take")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--finished-run", nargs=2, action="append", default=[], metavar=("DTYPE", "FOLDER"),
+        help="take repeat 0 of DTYPE from FOLDER, a finished run's folder (its demo.log and summary.json), not run it",
+    )  # fmt: skip
     parser.add_argument("--demo-args", nargs=argparse.REMAINDER, default=[], help="passed to `adajudge demo`")
     args = parser.parse_args(argv)
+    finished = {dtype: Path(folder) for dtype, folder in args.finished_run}
     workdir = Path(tempfile.mkdtemp(prefix="adajudge-demo-timing-"))
     runs = []
     for repeat in range(args.repeats):
         order = args.dtypes if repeat % 2 == 0 else args.dtypes[::-1]
         for dtype in order:
-            output_dir = workdir / f"{dtype}-{repeat}"
-            run = run_demo(dtype, output_dir, args.demo_args, args.timeout)
+            output_dir = finished[dtype] if repeat == 0 and dtype in finished else workdir / f"{dtype}-{repeat}"
+            if output_dir == finished.get(dtype):
+                run = finished_run(output_dir)
+            else:
+                run = run_demo(dtype, output_dir, args.demo_args, args.timeout)
             run.update(dtype=dtype, repeat=repeat, output_dir=str(output_dir))
             runs.append(run)
             print(f"repeat {repeat} {dtype}: {run['wall_s']:.0f} s wall, peak {run['peak_rss_mb']} MB", flush=True)
     first = {r["dtype"]: r for r in runs if r["repeat"] == 0 and not r["timed_out"]}
-    parity = {}
+    parity, rewards = {}, None
     if {"fp32", "bf16"} <= set(first):
         dirs = {dtype: Path(run["output_dir"]) for dtype, run in first.items()}
         for name, judge_dir in JUDGE_DIRS.items():
@@ -148,10 +165,11 @@ def main(argv: list[str] | None = None) -> dict:
                 "pairs_changed": int((correct["bf16"] != correct["fp32"]).sum()),
                 "pairs": len(correct["fp32"]),
             }
-        write_held_out(first["fp32"]["summary"], dirs["fp32"] / "held_out.jsonl")
-        rewards = reward_differences(dirs["fp32"] / "judge", dirs["fp32"])
-    else:
-        rewards = None
+    if "fp32" in first:  # the packaged fp32 judge, its backbone in each dtype: needs only the fp32 run
+        fp32_dir = Path(first["fp32"]["output_dir"])
+        write_held_out(first["fp32"]["summary"], workdir / "held_out.jsonl")
+        max_length = first["fp32"]["summary"]["arguments"]["max_length"]
+        rewards = reward_differences(fp32_dir / "judge", workdir, max_length)
     for run in runs:
         summary = run.pop("summary")
         run["table"] = summary["table"] if summary else None
@@ -184,6 +202,28 @@ def main(argv: list[str] | None = None) -> dict:
             f"| {run['repeat']} | {run['dtype']} | {run['wall_s'] / 60:.1f} min | {run['peak_rss_mb']:,.0f} MB | "
             f"{run['demo_seconds'] / 60:.1f} min |"
         )
+    for run in runs:
+        if run["table"] is None or run["repeat"]:
+            continue
+        lines += [
+            "",
+            f"The table `adajudge demo` printed in {run['dtype']} (held-out pairs, 95 % Wilson interval; difference to "
+            "AdaJudge with its 95 % paired bootstrap interval; the validation check kept):",
+            "",
+            "| judge | held-out accuracy | variant − AdaJudge | best epoch |",
+            "|---|---|---|---|",
+        ]
+        for name, row in run["table"].items():
+            held_out, difference = row["held-out pairs"], row.get("difference_to_adajudge")
+            versus = (
+                f"{difference['diff']:+.1f} [{difference['ci_low']:+.1f}, {difference['ci_high']:+.1f}]"
+                if difference
+                else "–"
+            )
+            lines.append(
+                f"| {name} | {held_out['accuracy']:.1f} [{held_out['ci_low']:.1f}, {held_out['ci_high']:.1f}] | "
+                f"{versus} | {row['best_epoch']} |"
+            )
     if parity:
         lines += [
             "",
