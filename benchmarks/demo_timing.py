@@ -114,13 +114,13 @@ def reward_differences(judge_dir: Path, output_dir: Path, max_length: int | None
     }
 
 
-def write_held_out(summary: dict, path: Path) -> None:
-    """The demo's held-out pairs as a pairs file (re-drawn the way the demo draws them)."""
+def write_held_out(summary: dict, path: Path, limit: int | None) -> None:
+    """The demo's held-out pairs (the first `limit` of them) as a pairs file, re-drawn the way the demo draws them."""
     from adajudge_hf.demo import load_pairs
 
     arguments = summary["arguments"]
     _, held_out = load_pairs(arguments["data"], arguments["train_pairs"], arguments["eval_pairs"], arguments["seed"])
-    held_out.to_json(str(path))
+    held_out.select(range(min(limit or len(held_out), len(held_out)))).to_json(str(path))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--finished-run", nargs=2, action="append", default=[], metavar=("DTYPE", "FOLDER"),
         help="take repeat 0 of DTYPE from FOLDER, a finished run's folder (its demo.log and summary.json), not run it",
     )  # fmt: skip
+    parser.add_argument(
+        "--reward-pairs", type=int, help="held-out pairs the fp32 judge scores in both dtypes (default: all; 0: none)"
+    )
     parser.add_argument("--demo-args", nargs=argparse.REMAINDER, default=[], help="passed to `adajudge demo`")
     args = parser.parse_args(argv)
     finished = {dtype: Path(folder) for dtype, folder in args.finished_run}
@@ -165,9 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "pairs_changed": int((correct["bf16"] != correct["fp32"]).sum()),
                 "pairs": len(correct["fp32"]),
             }
-    if "fp32" in first:  # the packaged fp32 judge, its backbone in each dtype: needs only the fp32 run
+    if "fp32" in first and args.reward_pairs != 0:  # the packaged fp32 judge's backbone in each dtype
         fp32_dir = Path(first["fp32"]["output_dir"])
-        write_held_out(first["fp32"]["summary"], workdir / "held_out.jsonl")
+        write_held_out(first["fp32"]["summary"], workdir / "held_out.jsonl", args.reward_pairs)
         max_length = first["fp32"]["summary"]["arguments"]["max_length"]
         rewards = reward_differences(fp32_dir / "judge", workdir, max_length)
     for run in runs:
