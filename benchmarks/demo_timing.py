@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
                 run = run_demo(dtype, output_dir, args.demo_args, args.timeout)
             run.update(dtype=dtype, repeat=repeat, output_dir=str(output_dir))
             runs.append(run)
-            print(f"repeat {repeat} {dtype}: {run['wall_s']:.0f} s wall, peak {run['peak_rss_mb']} MB", flush=True)
+            print(
+                f"repeat {repeat} {dtype}: {run['wall_s']:.0f} s wall, peak {run['peak_rss_mb']:,.0f} MiB", flush=True
+            )
     first = {r["dtype"]: r for r in runs if r["repeat"] == 0 and not r["timed_out"]}
     parity, rewards = {}, None
     if {"fp32", "bf16"} <= set(first):
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
             lines.append(f"| {run['repeat']} | {run['dtype']} | > {run['wall_s'] / 60:.0f} min (stopped) | – | – |")
             continue
         lines.append(
-            f"| {run['repeat']} | {run['dtype']} | {run['wall_s'] / 60:.1f} min | {run['peak_rss_mb']:,.0f} MB | "
+            f"| {run['repeat']} | {run['dtype']} | {run['wall_s'] / 60:.1f} min | {run['peak_rss_mb']:,.0f} MiB | "
             f"{run['demo_seconds'] / 60:.1f} min |"
         )
     for run in runs:
