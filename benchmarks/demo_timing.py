@@ -144,10 +144,11 @@ def main(argv: list[str] | None = None) -> dict:
     for repeat in range(args.repeats):
         order = args.dtypes if repeat % 2 == 0 else args.dtypes[::-1]
         for dtype in order:
-            output_dir = finished[dtype] if repeat == 0 and dtype in finished else workdir / f"{dtype}-{repeat}"
-            if output_dir == finished.get(dtype):
+            if repeat == 0 and dtype in finished:
+                output_dir = finished[dtype]
                 run = finished_run(output_dir)
             else:
+                output_dir = workdir / f"{dtype}-{repeat}"
                 run = run_demo(dtype, output_dir, args.demo_args, args.timeout)
             run.update(dtype=dtype, repeat=repeat, output_dir=str(output_dir))
             runs.append(run)
