@@ -201,7 +201,7 @@ def cpu_with(monkeypatch, **flags):
 
 
 def test_cpu_capabilities_come_from_proc_cpuinfo_where_torch_cannot_tell(monkeypatch):
-    """torch before 2.8 has no `torch.cpu.get_capabilities`; the bf16 unit flags are then read from /proc/cpuinfo,
+    """torch 2.7, the floor, has no `torch.cpu.get_capabilities`; the bf16 unit flags are then read from /proc/cpuinfo,
     present or not, and agree with torch's where both exist."""
     if not Path("/proc/cpuinfo").exists():
         pytest.skip("needs Linux's /proc/cpuinfo")

@@ -81,7 +81,7 @@ CPU_BF16_FLAGS = {
 def cpu_capabilities() -> dict:
     """`torch.cpu.get_capabilities()`: the CPU's name, architecture and feature flags.
 
-    torch before 2.8 has no such function; there the same keys come from Linux's /proc/cpuinfo, with the bf16 unit
+    torch 2.7, the floor, has no such function; there the same keys come from Linux's /proc/cpuinfo, with the bf16 unit
     flags of this architecture present (True or False) so that their absence is stated rather than implied.
     """
     if hasattr(torch.cpu, "get_capabilities"):
