@@ -172,7 +172,8 @@ def run(seeds: list[int], train_per_task: int, test_per_task: int, epochs: int, 
                    "best_epoch": result.best_epoch, "tasks": {}}  # fmt: skip
             for task in TASKS:
                 index = torch.tensor([t == task for t in test_tasks])
-                entry = {"accuracy": 100 * correct[index].float().mean().item()}
+                hits, pairs = int(correct[index].sum()), int(index.sum())
+                entry = {"correct": hits, "pairs": pairs, "accuracy": 100 * hits / pairs}  # exact: 190/200 is 95.0
                 if model.config.pooling == "adaptive":
                     pi = scored["routing_weights"][index].reshape(-1, 3).mean(0)  # both responses of each pair
                     entry["mean_pi"] = dict(zip(model.config.experts, pi.tolist()))
