@@ -120,7 +120,9 @@ def write_held_out(summary: dict, path: Path, limit: int | None) -> None:
 
     arguments = summary["arguments"]
     _, held_out = load_pairs(arguments["data"], arguments["train_pairs"], arguments["eval_pairs"], arguments["seed"])
-    held_out.select(range(min(limit or len(held_out), len(held_out)))).to_json(str(path))
+    if limit is not None:
+        held_out = held_out.select(range(min(limit, len(held_out))))
+    held_out.to_json(str(path))
 
 
 def main(argv: list[str] | None = None) -> dict:

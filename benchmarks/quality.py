@@ -761,8 +761,8 @@ def write(results: dict, output_dir: Path) -> None:
                              "of its maximum), permutation null 95th pct "
                              f"{p['mi_permutation_null_95']:.2e}: "
                              f"{'domain-dependent' if p['domain_dependent'] else 'not shown to depend on the domain'}")  # fmt: skip
-    cost = results["cost"]
-    lines += ["", f"{'Cost' if results['complete'] else 'Cost so far'}: features {cost['feature_minutes']:.1f} min ({cost['feature_tokens']} tokens); runs "
+    cost, label = results["cost"], "Cost" if results["complete"] else "Cost so far"
+    lines += ["", f"{label}: features {cost['feature_minutes']:.1f} min ({cost['feature_tokens']} tokens); runs "
               + ", ".join(f"{h} {m:.1f} min ({cost['runs'][h]} runs)" for h, m in cost["run_minutes"].items())
               + f"; total {cost['total_minutes']:.1f} min of the 2-core machine."]  # fmt: skip
     (output_dir / "quality.md").write_text("\n".join(lines) + "\n")
